@@ -1,0 +1,166 @@
+//! The error type of graceful-core.
+//!
+//! Every message names what was asked and what was found, so that an operator reading a log line
+//! can act on it without reading the source.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// A specialised `Result` for graceful-core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while inheriting sockets, handing them over or upgrading.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A second [`Upgrader`](crate::Upgrader) was built in a process that already has one.
+    ///
+    /// The inherited sockets and the link to the parent belong to the process; only one upgrader
+    /// can own them.
+    #[error("an Upgrader already exists in this process (pid {pid}); build it once and clone it")]
+    AlreadyCreated {
+        /// This process.
+        pid: u32,
+    },
+
+    /// A builder setting is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// A variable of the inheritance protocol (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`,
+    /// `GRACEFUL_*`) could not be understood.
+    #[error("{var}={value:?} {problem}")]
+    Environment {
+        /// The variable's name.
+        var: &'static str,
+        /// Its value as found.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A descriptor announced by the environment is not open in this process.
+    #[error("{var} announces fd {fd}, but fd {fd} is not open in this process")]
+    InheritedFdMissing {
+        /// The variable that announced the descriptor.
+        var: &'static str,
+        /// The missing descriptor.
+        fd: i32,
+    },
+
+    /// An inherited descriptor exists under the asked name but is not what was asked for.
+    ///
+    /// It is never adopted: using it could mean serving on the wrong socket.
+    #[error("inherited fd {fd} named {name:?} was expected to be {expected}, but it is {found}")]
+    Mismatch {
+        /// The name the descriptor was inherited under.
+        name: String,
+        /// The descriptor.
+        fd: i32,
+        /// What was asked for.
+        expected: String,
+        /// What the descriptor turned out to be.
+        found: String,
+    },
+
+    /// The same socket or file was asked for twice.
+    #[error("{what} is already registered with this upgrader; ask for it once and clone the handle")]
+    AlreadyRegistered {
+        /// The socket or file asked for.
+        what: String,
+    },
+
+    /// Creating, binding or listening on a new socket failed.
+    #[error("cannot create {what}: {source}")]
+    Create {
+        /// The socket or file that was being created.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// `upgrade()` was called before this process called `ready()`.
+    #[error("this process (pid {pid}) has not called ready() yet, so it cannot be upgraded")]
+    NotReady {
+        /// This process.
+        pid: u32,
+    },
+
+    /// `upgrade()` was called while another upgrade is in flight.
+    #[error("an upgrade is already in progress in this process (pid {pid})")]
+    UpgradeInProgress {
+        /// This process.
+        pid: u32,
+    },
+
+    /// `upgrade()` was called in a process that has already been replaced.
+    #[error("this process (pid {pid}) has already been replaced by pid {successor}")]
+    AlreadyReplaced {
+        /// This process.
+        pid: u32,
+        /// The generation that replaced it.
+        successor: u32,
+    },
+
+    /// The new binary could not be started (missing, not executable, bad working directory…).
+    #[error("cannot start {}: {stage} failed: {source}", executable.display())]
+    Spawn {
+        /// The executable that was to be started.
+        executable: PathBuf,
+        /// The step that failed (`fork`, `chdir`, `execve`, …).
+        stage: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The new process exited before it reported ready.
+    #[error("new process (pid {pid}) exited before it was ready: {status}")]
+    ChildExited {
+        /// The new process.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+
+    /// The new process did not report ready in time; it was killed and reaped.
+    #[error("new process (pid {pid}) was not ready after {timeout:?}; it was killed")]
+    Timeout {
+        /// The new process.
+        pid: u32,
+        /// The upgrade timeout that ran out.
+        timeout: Duration,
+    },
+
+    /// The PID file could not be written.
+    #[error("cannot write PID file {}: {source}", path.display())]
+    PidFile {
+        /// The PID file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A system call that the upgrade machinery needs failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str, source: impl Into<io::Error>) -> Self {
+        Error::Io {
+            context,
+            source: source.into(),
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Zero-downtime binary upgrades for Unix servers, without a runtime.
+//!
+//! A running server (the parent) starts the new binary with its listening sockets inherited:
+//! the very same kernel sockets, so the accept queue is never closed and no connection is
+//! refused. The new process (the child) adopts them instead of binding, and reports ready. Only
+//! then does the parent's [`Upgrader::upgrade`] return, and the parent stops accepting, finishes
+//! its work and exits. If the child fails, it is killed and reaped and the parent keeps serving.
+//!
+//! This crate is the mechanism, for synchronous code and for runtime adapters. Async servers use
+//! the `graceful` crate, which builds on it.
+//!
+//! # Example
+//!
+//! ```
+//! use graceful_core::Upgrader;
+//!
+//! // Once per process, early: takes over the sockets of the previous generation, if any.
+//! let upgrader = Upgrader::new()?;
+//!
+//! // Instead of TcpListener::bind: inherited after an upgrade, bound on first start.
+//! let listener = upgrader.tcp_listener("127.0.0.1:0".parse().unwrap())?;
+//!
+//! // Signal handlers installed, sockets adopted: tell the previous generation.
+//! upgrader.ready()?;
+//!
+//! // On SIGHUP, in a thread that may block:
+//! //     match upgrader.upgrade() {
+//! //         Ok(pid) => { /* pid serves now: stop accepting, drain, exit */ }
+//! //         Err(err) => { /* logged; keep serving */ }
+//! //     }
+//! # drop(listener);
+//! # Ok::<(), graceful_core::Error>(())
+//! ```
+//!
+//! # What the new process gets
+//!
+//! The sockets and files registered with the upgrader, at fd 3 onward, announced with systemd's
+//! variables (`LISTEN_FDS`, `LISTEN_PID` set to the new process's pid, `LISTEN_FDNAMES`), so a
+//! child reading them the systemd way works too; the same arguments, environment and start-up
+//! directory; and the executable found at start-up's path now, so a binary replaced on disk is
+//! the one that runs. Nothing else leaks: every other descriptor is closed before exec.
+//!
+//! An inherited descriptor is adopted only if it is what the new process asks for (a socket of
+//! the right family and type, listening, bound to the asked address); otherwise the call that
+//! asked for it fails with [`Error::Mismatch`].
+//!
+//! # Generations
+//!
+//! A new generation may be upgraded as soon as it is ready, even while older ones are still
+//! draining. When more than [`Builder::max_generations`] are alive, the oldest is told through
+//! [`Upgrader::finish_requested`] to end its remaining connections now.
+//!
+//! Every phase is logged with `tracing`, with the pids involved.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![cfg(unix)]
+
+mod env;
+mod error;
+mod event;
+mod link;
+mod name;
+mod pidfile;
+mod registry;
+mod spawn;
+mod sys;
+mod upgrader;
+
+pub use error::{Error, Result};
+pub use event::Event;
+pub use upgrader::{Builder, Upgrader};

@@ -1,0 +1,425 @@
+//! Starting the next generation: fork, put the handed-over descriptors in place, exec.
+//!
+//! Invariants kept here:
+//! - Everything the child needs (paths, argv, envp, the descriptor plan, scratch space) is
+//!   prepared in a [`Plan`] before `fork`. The process is multi-threaded, so between `fork` and
+//!   `execve` the child calls only async-signal-safe functions: no allocation, no lock, no
+//!   logging, no panic path taken.
+//! - The child's own pid goes into `LISTEN_PID`, so its digits are written by plain integer
+//!   arithmetic into a slot reserved in the prepared environment.
+//! - The handed-over descriptors are placed with `dup2` in the child only. The parent's
+//!   descriptors keep their close-on-exec flag and their file status flags (O_NONBLOCK is never
+//!   touched), so no other thread's spawn can leak them.
+//! - Everything else above the handed-over range is closed before exec, whatever its flags.
+//! - A failure before exec is reported over a close-on-exec pipe: the parent reads end of file
+//!   when exec succeeded, or the failed step and its errno when it did not.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::libc::{self, c_char};
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// The first descriptor number of the handover, as in systemd's protocol.
+pub(crate) const FIRST_FD: RawFd = 3;
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+/// Room for the decimal digits of any pid and the terminating NUL.
+const PID_DIGITS: usize = 20;
+
+/// Signals whose disposition the child gets back at their default. Exec already resets caught
+/// signals; these are reset too in case the parent ignores them.
+const RESET_SIGNALS: [libc::c_int; 8] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGPIPE,
+    libc::SIGCHLD,
+];
+
+/// The steps that can fail in the child, as reported over the error pipe.
+const STAGES: [&str; 5] = [
+    "moving descriptors",
+    "placing descriptors",
+    "closing other descriptors",
+    "chdir",
+    "execve",
+];
+
+/// What the next generation gets.
+pub(crate) struct Command<'a> {
+    pub(crate) executable: &'a Path,
+    /// The whole argument vector, `argv[0]` included.
+    pub(crate) args: &'a [OsString],
+    pub(crate) cwd: Option<&'a Path>,
+    /// Extra variables; they replace any inherited variable of the same name.
+    pub(crate) env: Vec<(OsString, OsString)>,
+    /// Variables dropped from the inherited environment.
+    pub(crate) env_remove: &'a [&'a str],
+    /// Descriptors to appear at fd 3, 4, … in this order.
+    pub(crate) fds: Vec<RawFd>,
+}
+
+/// A command turned into C data, ready to survive `fork` untouched.
+struct Plan {
+    path: CString,
+    _argv: Vec<CString>,
+    argv: Vec<*const c_char>,
+    _envp: Vec<CString>,
+    envp: Vec<*const c_char>,
+    /// `LISTEN_PID=` plus room for the digits; `envp` points into it.
+    listen_pid: Box<[u8]>,
+    cwd: Option<CString>,
+    fds: Vec<RawFd>,
+    scratch: Vec<RawFd>,
+    /// The highest descriptor number to close when `close_range` is not available.
+    max_fd: RawFd,
+}
+
+impl Plan {
+    fn new(cmd: Command<'_>) -> io::Result<Plan> {
+        let path = cstring(cmd.executable.as_os_str())?;
+        let mut argv_owned = cmd
+            .args
+            .iter()
+            .map(|arg| cstring(arg))
+            .collect::<io::Result<Vec<_>>>()?;
+        if argv_owned.is_empty() {
+            argv_owned.push(path.clone());
+        }
+
+        let overridden = |key: &OsStr| {
+            cmd.env_remove.iter().any(|r| key == OsStr::new(r))
+                || cmd.env.iter().any(|(k, _)| k == key)
+                || key == OsStr::new("LISTEN_PID")
+        };
+        let mut envp_owned = Vec::new();
+        for (key, value) in std::env::vars_os().filter(|(k, _)| !overridden(k)) {
+            envp_owned.push(env_entry(&key, &value)?);
+        }
+        for (key, value) in &cmd.env {
+            envp_owned.push(env_entry(key, value)?);
+        }
+
+        let mut listen_pid = Vec::with_capacity(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1);
+        listen_pid.extend_from_slice(LISTEN_PID_PREFIX);
+        listen_pid.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
+        let listen_pid = listen_pid.into_boxed_slice();
+
+        let argv = argv_owned
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp = envp_owned
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain([listen_pid.as_ptr().cast(), std::ptr::null()])
+            .collect();
+        let cwd = cmd.cwd.map(|p| cstring(p.as_os_str())).transpose()?;
+        let scratch = vec![-1; cmd.fds.len()];
+        Ok(Plan {
+            path,
+            _argv: argv_owned,
+            argv,
+            _envp: envp_owned,
+            envp,
+            listen_pid,
+            cwd,
+            fds: cmd.fds,
+            scratch,
+            max_fd: max_fd(),
+        })
+    }
+}
+
+/// Starts the next generation and waits until it has exec'd.
+///
+/// Returns the child's pid once `execve` succeeded. If a step before exec failed, the child has
+/// been reaped and the error names the step. `timeout` bounds the wait for exec.
+pub(crate) fn spawn(cmd: Command<'_>, timeout: Duration) -> Result<u32> {
+    let executable = cmd.executable.to_owned();
+    let spawn_error = |stage, source| Error::Spawn {
+        executable: executable.clone(),
+        stage,
+        source,
+    };
+    let mut plan = Plan::new(cmd).map_err(|e| spawn_error("preparing the command", e))?;
+    let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| spawn_error("creating the error pipe", e.into()))?;
+
+    // SAFETY: the child runs only `exec_child`, which calls async-signal-safe functions and
+    // never returns. The plan outlives the fork in both processes.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: we are the freshly forked child; see above.
+        unsafe { exec_child(&mut plan, err_write.as_raw_fd()) }
+    }
+    if pid < 0 {
+        return Err(spawn_error("fork", io::Error::last_os_error()));
+    }
+    let pid = pid as u32;
+    drop(err_write);
+
+    match read_exec_result(&err_read, timeout) {
+        Ok(ExecResult::Exec) => Ok(pid),
+        Ok(ExecResult::Failed { stage, errno }) => {
+            reap(pid);
+            Err(spawn_error(stage, io::Error::from_raw_os_error(errno)))
+        }
+        Ok(ExecResult::Stuck) => {
+            sys::kill_hard(pid);
+            reap(pid);
+            Err(Error::Timeout { pid, timeout })
+        }
+        Err(err) => {
+            sys::kill_hard(pid);
+            reap(pid);
+            Err(spawn_error("reading the error pipe", err))
+        }
+    }
+}
+
+enum ExecResult {
+    Exec,
+    Failed { stage: &'static str, errno: i32 },
+    Stuck,
+}
+
+fn read_exec_result(pipe: &OwnedFd, timeout: Duration) -> io::Result<ExecResult> {
+    if !sys::wait_readable(pipe.as_fd(), timeout)? {
+        return Ok(ExecResult::Stuck);
+    }
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    while got < report.len() {
+        match sys::read(pipe.as_fd(), &mut report[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    if got == 0 {
+        return Ok(ExecResult::Exec);
+    }
+    let stage = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes")) as usize;
+    let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+    Ok(ExecResult::Failed {
+        stage: STAGES.get(stage).copied().unwrap_or("an unknown step"),
+        errno,
+    })
+}
+
+fn reap(pid: u32) {
+    if let Err(err) = sys::wait_child(pid) {
+        tracing::warn!(pid, %err, "cannot reap child process");
+    }
+}
+
+/// The child's side of the fork.
+///
+/// # Safety
+///
+/// Must be called only in a freshly forked child of a possibly multi-threaded process.
+unsafe fn exec_child(plan: &mut Plan, err: RawFd) -> ! {
+    // SAFETY (whole function): only async-signal-safe libc calls on prepared memory; every
+    // failure path ends in `_exit`.
+    unsafe {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
+        for signal in RESET_SIGNALS {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+
+        // Move everything above the target range first, so that placing fd 3 cannot overwrite
+        // a source that happens to sit at 4.
+        let base = FIRST_FD + plan.fds.len() as RawFd;
+        let err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, base);
+        if err < 0 {
+            libc::_exit(126);
+        }
+        for (source, slot) in plan.fds.iter().zip(plan.scratch.iter_mut()) {
+            *slot = libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, base);
+            if *slot < 0 {
+                fail(err, 0);
+            }
+        }
+        // dup2 gives the target without FD_CLOEXEC; the sources keep theirs.
+        for (target, moved) in (FIRST_FD..).zip(plan.scratch.iter()) {
+            if libc::dup2(*moved, target) < 0 {
+                fail(err, 1);
+            }
+        }
+        if close_from(base, err, plan.max_fd) < 0 {
+            fail(err, 2);
+        }
+
+        write_pid(&mut plan.listen_pid[LISTEN_PID_PREFIX.len()..], libc::getpid());
+
+        if let Some(cwd) = &plan.cwd {
+            if libc::chdir(cwd.as_ptr()) < 0 {
+                fail(err, 3);
+            }
+        }
+        libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+        fail(err, 4)
+    }
+}
+
+/// Reports the failed stage and errno to the parent, then exits.
+///
+/// # Safety
+///
+/// Child side of the fork only.
+unsafe fn fail(err: RawFd, stage: u32) -> ! {
+    let errno = Errno::last_raw();
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&stage.to_ne_bytes());
+    report[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: write and _exit are async-signal-safe; the buffer is on our stack.
+    unsafe {
+        libc::write(err, report.as_ptr().cast(), report.len());
+        libc::_exit(127)
+    }
+}
+
+/// Closes every descriptor from `from` upwards except `keep`.
+///
+/// # Safety
+///
+/// Child side of the fork only.
+unsafe fn close_from(from: RawFd, keep: RawFd, max_fd: RawFd) -> libc::c_int {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: close_range is a plain system call.
+        let ranges = unsafe {
+            let low = if keep > from {
+                libc::syscall(libc::SYS_close_range, from as u32, (keep - 1) as u32, 0)
+            } else {
+                0
+            };
+            let high = libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0);
+            low == 0 && high == 0
+        };
+        if ranges {
+            return 0;
+        }
+        // ENOSYS before Linux 5.9: fall through to the loop.
+    }
+    for fd in from..=max_fd {
+        if fd != keep {
+            // SAFETY: closing a number that may not be open gives EBADF, which is fine.
+            unsafe { libc::close(fd) };
+        }
+    }
+    0
+}
+
+/// Writes `pid` in decimal followed by NUL into `slot`, without allocating.
+fn write_pid(slot: &mut [u8], pid: libc::pid_t) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut n = pid.unsigned_abs() as u64;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 || len == PID_DIGITS {
+            break;
+        }
+    }
+    for (i, d) in digits[..len].iter().rev().enumerate() {
+        slot[i] = *d;
+    }
+    slot[len] = 0;
+}
+
+/// The highest descriptor number worth closing when `close_range` is missing.
+fn max_fd() -> RawFd {
+    let mut limit = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: getrlimit writes into the provided struct.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) } == 0;
+    let soft = if ok {
+        // SAFETY: initialised by the successful call above.
+        unsafe { limit.assume_init() }.rlim_cur
+    } else {
+        1024
+    };
+    RawFd::try_from(soft.min(1 << 20)).unwrap_or(1 << 20) - 1
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{s:?} contains a NUL byte"),
+        )
+    })
+}
+
+fn env_entry(key: &OsStr, value: &OsStr) -> io::Result<CString> {
+    let mut entry = key.to_owned().into_vec();
+    entry.push(b'=');
+    entry.extend_from_slice(value.as_bytes());
+    cstring(OsStr::from_bytes(&entry))
+}
+
+/// Resolves the executable to start next time from `argv[0]`, the way a shell found it: a name
+/// with a slash is taken relative to the start-up directory, a bare name is looked up in PATH.
+/// The path is kept, not canonicalised, so a symlink switched by a deploy is followed then.
+/// Falls back to `current_exe()` (read now, before any deploy can replace the binary).
+pub(crate) fn resolve_executable(cwd: Option<&Path>) -> io::Result<PathBuf> {
+    let argv0 = std::env::args_os().next().map(PathBuf::from);
+    if let Some(argv0) = argv0 {
+        if argv0.as_os_str().as_bytes().contains(&b'/') {
+            return Ok(match cwd {
+                Some(cwd) if argv0.is_relative() => cwd.join(argv0),
+                _ => argv0,
+            });
+        }
+        if let Some(found) = search_path(&argv0) {
+            return Ok(found);
+        }
+    }
+    std::env::current_exe()
+}
+
+fn search_path(name: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .filter(|found| found.is_absolute())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_digits_are_written_in_place() {
+        let mut slot = [0xffu8; PID_DIGITS + 1];
+        write_pid(&mut slot, 4_194_304);
+        assert_eq!(&slot[..8], b"4194304\0");
+        write_pid(&mut slot, 7);
+        assert_eq!(&slot[..2], b"7\0");
+        write_pid(&mut slot, i32::MAX);
+        assert_eq!(&slot[..11], b"2147483647\0");
+    }
+}

@@ -1,0 +1,287 @@
+//! The platform doorway: every nix/libc call outside the fork-to-exec window goes through here
+//! and comes out as `io::Result`. The code that runs between fork and exec lives in
+//! `spawn.rs`, because it obeys stricter rules (async-signal-safe calls only).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage, UnixAddr,
+    sockopt,
+};
+use nix::sys::stat::{SFlag, fstat};
+use nix::unistd::Pid;
+
+/// Converts a nix result into an `io::Result`.
+pub(crate) fn cvt<T>(result: nix::Result<T>) -> io::Result<T> {
+    result.map_err(io::Error::from)
+}
+
+/// Whether `fd` is an open descriptor in this process.
+pub(crate) fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only inspects the descriptor table; an unopened number gives EBADF.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    fcntl(borrowed, FcntlArg::F_GETFD).is_ok()
+}
+
+/// Sets FD_CLOEXEC on a descriptor. This is a per-descriptor flag: unlike O_NONBLOCK it is not
+/// shared with other processes holding the same open file description.
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    cvt(fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))).map(drop)
+}
+
+/// Duplicates a descriptor, close-on-exec, without touching the shared file status flags.
+pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    fd.try_clone_to_owned()
+}
+
+/// What a descriptor turned out to be, for checks and error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FdKind {
+    Socket(SocketInfo),
+    RegularFile,
+    Directory,
+    Pipe,
+    CharDevice,
+    Other,
+}
+
+/// The parts of a socket that decide whether it may be adopted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SocketInfo {
+    pub(crate) ty: Option<SockType>,
+    pub(crate) listening: bool,
+    pub(crate) local: Local,
+}
+
+/// A socket's local address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Local {
+    Inet(SocketAddr),
+    UnixPath(std::path::PathBuf),
+    UnixAbstract(Vec<u8>),
+    UnixUnnamed,
+    Family(Option<AddressFamily>),
+}
+
+/// Inspects a descriptor: its file type and, for a socket, its type, state and local address.
+pub(crate) fn describe(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
+    let stat = cvt(fstat(fd))?;
+    let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+    Ok(match kind {
+        SFlag::S_IFSOCK => FdKind::Socket(socket_info(fd)?),
+        SFlag::S_IFREG => FdKind::RegularFile,
+        SFlag::S_IFDIR => FdKind::Directory,
+        SFlag::S_IFIFO => FdKind::Pipe,
+        SFlag::S_IFCHR => FdKind::CharDevice,
+        _ => FdKind::Other,
+    })
+}
+
+fn socket_info(fd: BorrowedFd<'_>) -> io::Result<SocketInfo> {
+    let ty = socket::getsockopt(&fd, sockopt::SockType).ok();
+    // Datagram sockets have no listening state; some platforms answer ENOPROTOOPT.
+    let listening = socket::getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false);
+    let local: SockaddrStorage = cvt(socket::getsockname(fd.as_raw_fd()))?;
+    let local = if let Some(v4) = local.as_sockaddr_in() {
+        Local::Inet(SocketAddr::V4((*v4).into()))
+    } else if let Some(v6) = local.as_sockaddr_in6() {
+        Local::Inet(SocketAddr::V6((*v6).into()))
+    } else if let Some(unix) = local.as_unix_addr() {
+        if let Some(path) = unix.path() {
+            Local::UnixPath(path.to_owned())
+        } else {
+            unix_abstract(unix).map_or(Local::UnixUnnamed, Local::UnixAbstract)
+        }
+    } else {
+        Local::Family(local.family())
+    };
+    Ok(SocketInfo {
+        ty,
+        listening,
+        local,
+    })
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn unix_abstract(addr: &UnixAddr) -> Option<Vec<u8>> {
+    addr.as_abstract().map(<[u8]>::to_vec)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn unix_abstract(_: &UnixAddr) -> Option<Vec<u8>> {
+    None
+}
+
+impl fmt::Display for FdKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FdKind::Socket(info) => info.fmt(f),
+            FdKind::RegularFile => f.write_str("a regular file"),
+            FdKind::Directory => f.write_str("a directory"),
+            FdKind::Pipe => f.write_str("a pipe"),
+            FdKind::CharDevice => f.write_str("a character device"),
+            FdKind::Other => f.write_str("neither a socket nor a regular file"),
+        }
+    }
+}
+
+impl fmt::Display for SocketInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = if self.listening { "a listening " } else { "a " };
+        let family = match &self.local {
+            Local::Inet(SocketAddr::V4(_)) => "IPv4",
+            Local::Inet(SocketAddr::V6(_)) => "IPv6",
+            Local::Family(_) => "non-IP, non-Unix",
+            _ => "Unix",
+        };
+        let ty = match self.ty {
+            Some(SockType::Stream) => "stream",
+            Some(SockType::Datagram) => "datagram",
+            Some(SockType::SeqPacket) => "seqpacket",
+            _ => "other-type",
+        };
+        write!(f, "{state}{family} {ty} socket ")?;
+        match &self.local {
+            Local::Inet(addr) => write!(f, "bound to {addr}"),
+            Local::UnixPath(path) => write!(f, "bound to {}", path.display()),
+            Local::UnixAbstract(name) => {
+                write!(f, "bound to @{}", String::from_utf8_lossy(name))
+            }
+            Local::UnixUnnamed => f.write_str("with no address"),
+            Local::Family(family) => write!(f, "of family {family:?}"),
+        }
+    }
+}
+
+/// Creates a close-on-exec socket, binds it and, for stream sockets, listens.
+///
+/// `SO_REUSEADDR` is set on TCP listeners (as std and tokio do) so that a restart is not refused
+/// while old connections sit in TIME_WAIT. It never shares a port with another live listener:
+/// that would be `SO_REUSEPORT`, which graceful never needs.
+pub(crate) fn bind(
+    addr: &dyn SockaddrLike,
+    family: AddressFamily,
+    ty: SockType,
+    backlog: Option<Backlog>,
+) -> io::Result<OwnedFd> {
+    let fd = cvt(socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, None))?;
+    if matches!(family, AddressFamily::Inet | AddressFamily::Inet6) && ty == SockType::Stream {
+        cvt(socket::setsockopt(&fd, sockopt::ReuseAddr, &true))?;
+    }
+    cvt(socket::bind(fd.as_raw_fd(), addr))?;
+    if let Some(backlog) = backlog {
+        cvt(socket::listen(&fd, backlog))?;
+    }
+    Ok(fd)
+}
+
+/// A Unix socket address for a path.
+pub(crate) fn unix_path_addr(path: &Path) -> io::Result<UnixAddr> {
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a Unix socket path cannot contain a NUL byte",
+        ));
+    }
+    cvt(UnixAddr::new(path))
+}
+
+/// A connected pair of close-on-exec Unix stream sockets.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    cvt(socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    ))
+}
+
+/// Sends all of `buf` on a stream socket without raising SIGPIPE if the peer is gone.
+pub(crate) fn send_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match socket::send(fd.as_raw_fd(), buf, socket::MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads from a descriptor, retrying on EINTR. Zero means end of file.
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match nix::unistd::read(fd, buf) {
+            Err(Errno::EINTR) => continue,
+            other => return cvt(other),
+        }
+    }
+}
+
+/// Waits until `fd` is readable (data or end of file) or `timeout` runs out; returns whether it
+/// became readable.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let millis = u16::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) if left.is_zero() => return Ok(false),
+            Ok(0) => continue,
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Sends SIGKILL to a process; a process that is already gone is not an error.
+pub(crate) fn kill_hard(pid: u32) {
+    match kill(Pid::from_raw(pid as i32), Signal::SIGKILL) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(err) => tracing::warn!(pid, %err, "cannot kill process"),
+    }
+}
+
+/// Waits for a child process to end and reaps it.
+pub(crate) fn wait_child(pid: u32) -> io::Result<ExitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status through a valid pointer to a local.
+        let ret = unsafe { nix::libc::waitpid(pid as i32, &mut status, 0) };
+        if ret >= 0 {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Takes ownership of an inherited descriptor number.
+///
+/// # Safety
+///
+/// `fd` must be open and owned by nobody else in this process.
+pub(crate) unsafe fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: guaranteed by the caller.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// This process's pid.
+pub(crate) fn pid() -> u32 {
+    std::process::id()
+}

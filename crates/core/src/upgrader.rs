@@ -1,0 +1,792 @@
+//! The upgrader: one per process, it owns the inherited descriptors and performs upgrades.
+//!
+//! States, in the only order they can be reached:
+//!
+//! ```text
+//! Starting --ready()--> Ready --upgrade()--> Upgrading --child ready--> Replaced
+//!                         ^                      |
+//!                         +------- failure ------+
+//! ```
+//!
+//! Generations: every process keeps a link to its parent (until the parent exits) and, once
+//! replaced, to its child. Each child tells its parent how many living descendants it has, so
+//! the oldest living generation, the one whose parent has exited, knows how many are alive and
+//! is the one told to finish when there are too many. No generation waits for its parent to
+//! exit before it may be upgraded itself.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{AddressFamily, Backlog, SockType, SockaddrStorage};
+
+use crate::env;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::link::{self, Message, Reader};
+use crate::name::{self, FdName};
+use crate::pidfile;
+use crate::registry::{Origin, Registry};
+use crate::spawn::{self, FIRST_FD};
+use crate::sys;
+
+/// Set once an upgrader exists in this process.
+static CREATED: AtomicBool = AtomicBool::new(false);
+
+const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_GENERATIONS: usize = 3;
+/// The same default as tokio's `TcpListener::bind`; the kernel caps it at `somaxconn`.
+const DEFAULT_BACKLOG: u32 = 1024;
+
+/// Configures an [`Upgrader`].
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let upgrader = graceful_core::Upgrader::builder()
+///     .upgrade_timeout(Duration::from_secs(30))
+///     .pid_file("/run/my-server.pid")
+///     .build()?;
+/// # Ok::<(), graceful_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Builder {
+    upgrade_timeout: Duration,
+    pid_file: Option<PathBuf>,
+    executable: Option<PathBuf>,
+    max_generations: usize,
+    listen_backlog: u32,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
+            pid_file: None,
+            executable: None,
+            max_generations: DEFAULT_MAX_GENERATIONS,
+            listen_backlog: DEFAULT_BACKLOG,
+        }
+    }
+}
+
+impl Builder {
+    /// How long a new generation may take to call [`Upgrader::ready`] before it is killed and
+    /// the upgrade fails. Default: 60 s.
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
+        self.upgrade_timeout = timeout;
+        self
+    }
+
+    /// A file that [`Upgrader::ready`] fills with this process's pid, atomically and with mode
+    /// 0644. Default: none.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// The executable to start on upgrade. Default: the path this process was started from
+    /// (`argv[0]`, resolved against the start-up directory or `PATH` when the upgrader is
+    /// built), so that the binary a deploy put at that path is the one that runs next.
+    pub fn executable(mut self, path: impl Into<PathBuf>) -> Self {
+        self.executable = Some(path.into());
+        self
+    }
+
+    /// How many generations may be alive at once. When an upgrade makes one more, the oldest
+    /// is told to finish now through [`Upgrader::finish_requested`]. Default: 3.
+    pub fn max_generations(mut self, max: usize) -> Self {
+        self.max_generations = max;
+        self
+    }
+
+    /// The `listen(2)` backlog of listeners this process creates. Default: 1024.
+    pub fn listen_backlog(mut self, backlog: u32) -> Self {
+        self.listen_backlog = backlog;
+        self
+    }
+
+    /// Builds the process's upgrader: reads the inheritance environment and takes ownership of
+    /// the descriptors it announces.
+    ///
+    /// Build it early, before the process starts other programs: until then the inherited
+    /// descriptors are not yet close-on-exec.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyCreated`] if this process has an upgrader already; [`Error::Environment`]
+    /// or [`Error::InheritedFdMissing`] if the inheritance environment is malformed;
+    /// [`Error::InvalidConfig`] for out-of-range settings.
+    pub fn build(self) -> Result<Upgrader> {
+        let backlog = i32::try_from(self.listen_backlog)
+            .ok()
+            .filter(|b| *b > 0)
+            .and_then(|b| Backlog::new(b).ok())
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "listen_backlog({}) is outside 1..=SOMAXCONN ({})",
+                    self.listen_backlog,
+                    nix::libc::SOMAXCONN
+                ))
+            })?;
+        if self.max_generations == 0 {
+            return Err(Error::InvalidConfig(
+                "max_generations(0): at least the running generation must be allowed".into(),
+            ));
+        }
+        if self.upgrade_timeout.is_zero() {
+            return Err(Error::InvalidConfig("upgrade_timeout must not be zero".into()));
+        }
+        let pid = sys::pid();
+        if CREATED.swap(true, Ordering::SeqCst) {
+            return Err(Error::AlreadyCreated { pid });
+        }
+        let upgrader = self.build_inner(pid, backlog);
+        if upgrader.is_err() {
+            CREATED.store(false, Ordering::SeqCst);
+        }
+        upgrader
+    }
+
+    fn build_inner(self, pid: u32, backlog: Backlog) -> Result<Upgrader> {
+        let cwd = std::env::current_dir().ok();
+        let executable = match self.executable {
+            Some(path) => match &cwd {
+                Some(cwd) if path.is_relative() => cwd.join(path),
+                _ => path,
+            },
+            None => spawn::resolve_executable(cwd.as_deref())
+                .map_err(|e| Error::io("resolving this process's executable", e))?,
+        };
+        let inherited = match env::announced(|key| std::env::var_os(key), pid)? {
+            Some(announced) => Some(env::take(announced)?),
+            None => None,
+        };
+        let (fds, link, generation) = match inherited {
+            Some(i) => (i.fds, i.link, i.generation),
+            None => (Vec::new(), None, 1),
+        };
+        let parent_reader = link
+            .as_ref()
+            .map(|l| sys::dup_cloexec(std::os::fd::AsFd::as_fd(l)))
+            .transpose()
+            .map_err(|e| Error::io("duplicating the parent link", e))?;
+        let parent_pid = link
+            .as_ref()
+            .map(|_| nix::unistd::getppid().as_raw() as u32);
+
+        let inner = Arc::new(Inner {
+            pid,
+            parent_pid,
+            generation,
+            config: Config {
+                upgrade_timeout: self.upgrade_timeout,
+                pid_file: self.pid_file,
+                executable,
+                args: std::env::args_os().collect(),
+                cwd,
+                max_generations: self.max_generations,
+                backlog,
+            },
+            state: Mutex::new(State::Starting),
+            registry: Mutex::new(Registry::new(fds)),
+            lineage: Mutex::new(Lineage {
+                parent_alive: link.is_some(),
+                descendants: 0,
+            }),
+            parent_link: link,
+            replaced: Event::new(),
+            parent_exited: Event::new(),
+            finish_requested: Event::new(),
+        });
+        if let Some(reader) = parent_reader {
+            let watcher = inner.clone();
+            std::thread::Builder::new()
+                .name("graceful-parent".into())
+                .spawn(move || watcher.watch_parent(Reader::new(reader)))
+                .map_err(|e| Error::io("starting the parent watcher thread", e))?;
+            tracing::info!(
+                pid,
+                parent_pid,
+                generation,
+                "started by an upgrade; inherited descriptors are waiting to be adopted"
+            );
+        }
+        Ok(Upgrader { inner })
+    }
+}
+
+/// Performs zero-downtime upgrades of this process: inherits or creates its sockets, reports
+/// readiness, and starts the next generation.
+///
+/// There is one per process; clone the handle to share it. All methods are synchronous;
+/// [`upgrade`](Self::upgrade) blocks until the new generation is ready or has failed, so async
+/// code should call it on a thread that may block.
+///
+/// See the [crate documentation](crate) for the life of a generation.
+#[derive(Clone)]
+pub struct Upgrader {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pid: u32,
+    parent_pid: Option<u32>,
+    generation: u64,
+    config: Config,
+    state: Mutex<State>,
+    registry: Mutex<Registry>,
+    lineage: Mutex<Lineage>,
+    /// Our end of the link to the parent, for sending; a watcher thread reads a duplicate.
+    parent_link: Option<OwnedFd>,
+    replaced: Event,
+    parent_exited: Event,
+    finish_requested: Event,
+}
+
+struct Config {
+    upgrade_timeout: Duration,
+    pid_file: Option<PathBuf>,
+    executable: PathBuf,
+    args: Vec<OsString>,
+    cwd: Option<PathBuf>,
+    max_generations: usize,
+    backlog: Backlog,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Starting,
+    Ready,
+    Upgrading,
+    Replaced { successor: u32 },
+}
+
+struct Lineage {
+    /// Whether the link to our parent is still open. The oldest living generation has none.
+    parent_alive: bool,
+    /// How many generations after us are alive, as far as our child has told us.
+    descendants: usize,
+}
+
+impl Upgrader {
+    /// A builder with the default settings.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// This process's upgrader with the default settings; see [`Builder::build`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::build`].
+    pub fn new() -> Result<Upgrader> {
+        Builder::default().build()
+    }
+
+    /// A TCP listener on `addr`: the one inherited from the previous generation under that
+    /// address, or a new one bound now (close-on-exec, `SO_REUSEADDR`, the configured backlog).
+    ///
+    /// Port 0 binds a free port; the listener is handed over under the port the kernel chose,
+    /// and a next generation asking for port 0 on the same IP again gets it back.
+    ///
+    /// The socket's O_NONBLOCK flag is left as it is: it is shared with the other generations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Mismatch`] if the inherited descriptor is not a listening TCP socket bound to
+    /// `addr`; [`Error::Create`] if binding fails (address in use, permission denied…);
+    /// [`Error::AlreadyRegistered`] if it was asked for before.
+    pub fn tcp_listener(&self, addr: SocketAddr) -> Result<std::net::TcpListener> {
+        let family = inet_family(&addr);
+        let backlog = self.inner.config.backlog;
+        self.inherit_or_create(FdName::Tcp(addr), || {
+            sys::bind(
+                &SockaddrStorage::from(addr),
+                family,
+                SockType::Stream,
+                Some(backlog),
+            )
+        })
+        .map(std::net::TcpListener::from)
+    }
+
+    /// A Unix stream listener on the filesystem path `path`, inherited or bound now.
+    ///
+    /// A stale socket file from a process that crashed makes binding fail with "address in
+    /// use"; remove it first if that is safe for your deployment. The file is never removed by
+    /// graceful, because the next generation is listening on it.
+    ///
+    /// # Errors
+    ///
+    /// As [`tcp_listener`](Self::tcp_listener).
+    pub fn unix_listener(&self, path: impl AsRef<Path>) -> Result<UnixListener> {
+        let path = path.as_ref();
+        let backlog = self.inner.config.backlog;
+        self.inherit_or_create(FdName::Unix(path.to_owned()), || {
+            let addr = sys::unix_path_addr(path)?;
+            sys::bind(&addr, AddressFamily::Unix, SockType::Stream, Some(backlog))
+        })
+        .map(UnixListener::from)
+    }
+
+    /// A Unix stream listener in the abstract namespace (Linux), named `name` without the
+    /// leading NUL, inherited or bound now.
+    ///
+    /// # Errors
+    ///
+    /// As [`tcp_listener`](Self::tcp_listener).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub fn abstract_unix_listener(&self, name: impl AsRef<[u8]>) -> Result<UnixListener> {
+        let name = name.as_ref();
+        let backlog = self.inner.config.backlog;
+        self.inherit_or_create(FdName::UnixAbstract(name.to_owned()), || {
+            let addr = sys::cvt(nix::sys::socket::UnixAddr::new_abstract(name))?;
+            sys::bind(&addr, AddressFamily::Unix, SockType::Stream, Some(backlog))
+        })
+        .map(UnixListener::from)
+    }
+
+    /// A UDP socket bound to `addr`, inherited or bound now. Port 0 works as for
+    /// [`tcp_listener`](Self::tcp_listener).
+    ///
+    /// # Errors
+    ///
+    /// As [`tcp_listener`](Self::tcp_listener).
+    pub fn udp_socket(&self, addr: SocketAddr) -> Result<std::net::UdpSocket> {
+        let family = inet_family(&addr);
+        self.inherit_or_create(FdName::Udp(addr), || {
+            sys::bind(
+                &SockaddrStorage::from(addr),
+                family,
+                SockType::Datagram,
+                None,
+            )
+        })
+        .map(std::net::UdpSocket::from)
+    }
+
+    /// Any descriptor, handed over under `name`: the inherited one if the previous generation
+    /// registered `name`, or the one `open` returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Create`] with the error of `open`; [`Error::AlreadyRegistered`] if `name` was
+    /// registered before.
+    pub fn file(
+        &self,
+        name: &str,
+        open: impl FnOnce() -> std::io::Result<OwnedFd>,
+    ) -> Result<OwnedFd> {
+        self.inherit_or_create(FdName::File(name.to_owned()), open)
+    }
+
+    fn inherit_or_create(
+        &self,
+        want: FdName,
+        create: impl FnOnce() -> std::io::Result<OwnedFd>,
+    ) -> Result<OwnedFd> {
+        if want.encode().len() > name::MAX_LEN {
+            return Err(Error::Create {
+                what: want.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "its name would be longer than the 255 bytes LISTEN_FDNAMES allows",
+                ),
+            });
+        }
+        let (fd, origin) = self.inner.registry().inherit_or_create(want.clone(), create)?;
+        match origin {
+            Origin::Inherited => tracing::info!(pid = self.inner.pid, fd = fd.as_raw_fd(), "adopted inherited {want}"),
+            Origin::Created => tracing::debug!(pid = self.inner.pid, fd = fd.as_raw_fd(), "created {want}"),
+        }
+        Ok(fd)
+    }
+
+    /// Reports that this process is set up and serving.
+    ///
+    /// Writes the PID file (if configured), closes inherited descriptors that this generation
+    /// did not ask for, and tells the previous generation, whose [`upgrade`](Self::upgrade)
+    /// then returns. Install signal handlers before calling it: a deploy may signal the new pid
+    /// as soon as the PID file names it.
+    ///
+    /// Calling it again once it succeeded does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PidFile`] if the PID file cannot be written. The previous generation is then
+    /// not told, so it keeps serving; `ready` may be called again.
+    pub fn ready(&self) -> Result<()> {
+        let inner = &self.inner;
+        let mut state = inner.state();
+        if *state != State::Starting {
+            return Ok(());
+        }
+        if let Some(path) = &inner.config.pid_file {
+            pidfile::write(path, inner.pid).map_err(|source| Error::PidFile {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        for (name, fd) in inner.registry().close_unclaimed() {
+            tracing::warn!(
+                pid = inner.pid,
+                fd,
+                name,
+                "closed an inherited descriptor that this generation did not ask for"
+            );
+        }
+        if let Some(link) = &inner.parent_link {
+            if let Err(err) = link::send(link, &Message::Ready) {
+                tracing::warn!(
+                    pid = inner.pid,
+                    parent_pid = inner.parent_pid,
+                    %err,
+                    "cannot tell the previous generation that this one is ready; it has gone"
+                );
+            }
+        }
+        *state = State::Ready;
+        tracing::info!(
+            pid = inner.pid,
+            generation = inner.generation,
+            "ready"
+        );
+        Ok(())
+    }
+
+    /// Starts the next generation and waits until it is ready; returns its pid.
+    ///
+    /// The new process gets this process's sockets and files at fd 3 onward with systemd's
+    /// variables, the same arguments, environment and start-up directory, and runs the
+    /// configured executable. When this returns `Ok`, the new generation serves: stop accepting,
+    /// finish in-flight work and exit.
+    ///
+    /// If the new process fails (cannot start, exits before it is ready, or is not ready within
+    /// the upgrade timeout, in which case it is killed), it is reaped, nothing in this process
+    /// has changed, and a later upgrade may be tried.
+    ///
+    /// Blocks for up to the upgrade timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotReady`], [`Error::UpgradeInProgress`] and [`Error::AlreadyReplaced`] when this
+    /// process is not in a state to upgrade; [`Error::Spawn`], [`Error::ChildExited`] and
+    /// [`Error::Timeout`] when the new process failed.
+    pub fn upgrade(&self) -> Result<u32> {
+        let inner = &self.inner;
+        {
+            let mut state = inner.state();
+            match *state {
+                State::Starting => return Err(Error::NotReady { pid: inner.pid }),
+                State::Upgrading => return Err(Error::UpgradeInProgress { pid: inner.pid }),
+                State::Replaced { successor } => {
+                    return Err(Error::AlreadyReplaced {
+                        pid: inner.pid,
+                        successor,
+                    });
+                }
+                State::Ready => *state = State::Upgrading,
+            }
+        }
+        let started = inner.start_successor();
+        let mut state = inner.state();
+        let (child, reader) = match started {
+            Ok(started) => started,
+            Err(err) => {
+                *state = State::Ready;
+                tracing::error!(pid = inner.pid, %err, "upgrade failed; this generation keeps serving");
+                return Err(err);
+            }
+        };
+        *state = State::Replaced { successor: child };
+        drop(state);
+
+        inner.registry().release();
+        inner.replaced.set();
+        inner.lineage().descendants = 1;
+        inner.report_descendants();
+        inner.check_generations();
+        let watcher = inner.clone();
+        if let Err(err) = std::thread::Builder::new()
+            .name("graceful-child".into())
+            .spawn(move || watcher.watch_child(child, reader))
+        {
+            tracing::warn!(%err, "cannot watch the new generation; generation counting is off");
+        }
+        Ok(child)
+    }
+
+    /// This process's pid.
+    pub fn pid(&self) -> u32 {
+        self.inner.pid
+    }
+
+    /// The pid of the generation that started this one, if it was started by an upgrade.
+    pub fn parent_pid(&self) -> Option<u32> {
+        self.inner.parent_pid
+    }
+
+    /// 1 for a process started by hand (or by systemd), 2 for its first successor, and so on.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
+    }
+
+    /// Whether [`ready`](Self::ready) has succeeded.
+    pub fn is_ready(&self) -> bool {
+        *self.inner.state() != State::Starting
+    }
+
+    /// The pid of the generation that replaced this one, once [`upgrade`](Self::upgrade)
+    /// succeeded.
+    pub fn successor(&self) -> Option<u32> {
+        match *self.inner.state() {
+            State::Replaced { successor } => Some(successor),
+            _ => None,
+        }
+    }
+
+    /// Set when this process has been replaced: a new generation is ready, and this one should
+    /// stop accepting, finish its work and exit.
+    pub fn replaced(&self) -> &Event {
+        &self.inner.replaced
+    }
+
+    /// Set when the generation that started this one has exited. Never set in a process that
+    /// was not started by an upgrade.
+    pub fn parent_exited(&self) -> &Event {
+        &self.inner.parent_exited
+    }
+
+    /// Set when more generations are alive than
+    /// [`max_generations`](Builder::max_generations) allows and this is the oldest: it should
+    /// end its remaining connections now and exit.
+    pub fn finish_requested(&self) -> &Event {
+        &self.inner.finish_requested
+    }
+
+    /// Removes the PID file if it still names this process; returns whether it did. For a
+    /// graceful stop without successor; after an upgrade the file names the successor and is
+    /// left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PidFile`] if the file exists but cannot be read or removed.
+    pub fn remove_pid_file(&self) -> Result<bool> {
+        let Some(path) = &self.inner.config.pid_file else {
+            return Ok(false);
+        };
+        pidfile::remove_if_ours(path, self.inner.pid).map_err(|source| Error::PidFile {
+            path: path.clone(),
+            source,
+        })
+    }
+}
+
+impl fmt::Debug for Upgrader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upgrader")
+            .field("pid", &self.inner.pid)
+            .field("generation", &self.inner.generation)
+            .field("state", &*self.inner.state())
+            .field("executable", &self.inner.config.executable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lineage(&self) -> MutexGuard<'_, Lineage> {
+        self.lineage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts the next generation and waits for its `ready`.
+    fn start_successor(&self) -> Result<(u32, Reader)> {
+        let config = &self.config;
+        let span = tracing::info_span!(
+            "upgrade",
+            pid = self.pid,
+            generation = self.generation,
+            child_pid = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        let started = Instant::now();
+        let deadline = started + config.upgrade_timeout;
+
+        let (ours, theirs) = sys::socketpair().map_err(|e| Error::io("creating the link", e))?;
+        let child = {
+            let registry = self.registry();
+            let (names, mut fds) = registry.handover();
+            let count = names.len();
+            fds.push(theirs.as_raw_fd());
+            let vars = [
+                (env::LISTEN_FDS, count.to_string()),
+                (env::LISTEN_FDNAMES, names.join(":")),
+                (env::LINK_FD, (FIRST_FD as usize + count).to_string()),
+                (env::GENERATION, (self.generation + 1).to_string()),
+            ];
+            tracing::info!(
+                executable = %config.executable.display(),
+                fds = count,
+                "starting the new generation"
+            );
+            spawn::spawn(
+                spawn::Command {
+                    executable: &config.executable,
+                    args: &config.args,
+                    cwd: config.cwd.as_deref(),
+                    env: vars.map(|(k, v)| (k.into(), v.into())).into(),
+                    env_remove: &env::ALL,
+                    fds,
+                },
+                config.upgrade_timeout,
+            )?
+        };
+        drop(theirs);
+        span.record("child_pid", child);
+        tracing::info!(child_pid = child, "new generation started; waiting until it is ready");
+
+        let mut reader = Reader::new(ours);
+        loop {
+            match reader.next_until(deadline) {
+                Ok(Some(Message::Ready)) => break,
+                Ok(Some(other)) => tracing::debug!(?other, "ignoring a message before ready"),
+                Ok(None) => {
+                    // The child closed the link: it exited. Killing a zombie is harmless and
+                    // makes sure nothing lingers if it only closed the descriptor.
+                    sys::kill_hard(child);
+                    return Err(match sys::wait_child(child) {
+                        Ok(status) => Error::ChildExited { pid: child, status },
+                        Err(e) => Error::io("reaping the new process that exited early", e),
+                    });
+                }
+                Err(err) => {
+                    sys::kill_hard(child);
+                    if let Err(e) = sys::wait_child(child) {
+                        tracing::warn!(child_pid = child, %e, "cannot reap the killed process");
+                    }
+                    return Err(if err.kind() == std::io::ErrorKind::TimedOut {
+                        Error::Timeout {
+                            pid: child,
+                            timeout: config.upgrade_timeout,
+                        }
+                    } else {
+                        Error::io("reading from the new process", err)
+                    });
+                }
+            }
+        }
+        tracing::info!(
+            child_pid = child,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "new generation is ready; this one is replaced"
+        );
+        Ok((child, reader))
+    }
+
+    /// Runs on its own thread while the parent lives: end of file on the link means it exited.
+    fn watch_parent(&self, mut reader: Reader) {
+        while let Ok(Some(_)) = reader.next() {}
+        tracing::info!(
+            pid = self.pid,
+            parent_pid = self.parent_pid,
+            "the previous generation has exited"
+        );
+        self.lineage().parent_alive = false;
+        self.parent_exited.set();
+        self.check_generations();
+    }
+
+    /// Runs on its own thread once replaced: counts the living descendants.
+    fn watch_child(&self, child: u32, mut reader: Reader) {
+        loop {
+            match reader.next() {
+                Ok(Some(Message::Descendants(n))) => {
+                    self.lineage().descendants = n + 1;
+                    self.report_descendants();
+                    self.check_generations();
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        drop(reader);
+        self.lineage().descendants = 0;
+        self.report_descendants();
+        match sys::wait_child(child) {
+            Ok(status) => tracing::error!(
+                pid = self.pid,
+                child_pid = child,
+                %status,
+                "the generation that replaced this one has exited while this one is still running"
+            ),
+            Err(err) => tracing::debug!(child_pid = child, %err, "cannot reap the successor"),
+        }
+    }
+
+    fn report_descendants(&self) {
+        let lineage = self.lineage();
+        if let (true, Some(link)) = (lineage.parent_alive, &self.parent_link) {
+            // A parent that has just gone cannot be told; its exit is noticed separately.
+            let _ = link::send(link, &Message::Descendants(lineage.descendants));
+        }
+    }
+
+    /// The oldest living generation finishes when there are too many.
+    fn check_generations(&self) {
+        let lineage = self.lineage();
+        let alive = 1 + lineage.descendants;
+        if lineage.parent_alive || alive <= self.config.max_generations {
+            return;
+        }
+        drop(lineage);
+        if self.finish_requested.set() {
+            tracing::warn!(
+                pid = self.pid,
+                alive,
+                max = self.config.max_generations,
+                "too many generations alive; the oldest, this one, must finish now"
+            );
+        }
+    }
+}
+
+fn inet_family(addr: &SocketAddr) -> AddressFamily {
+    match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_refused_before_anything_is_taken() {
+        let err = Upgrader::builder().max_generations(0).build().unwrap_err();
+        assert!(err.to_string().contains("max_generations(0)"), "{err}");
+        let err = Upgrader::builder()
+            .upgrade_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("upgrade_timeout"), "{err}");
+        let err = Upgrader::builder().listen_backlog(0).build().unwrap_err();
+        assert!(err.to_string().contains("listen_backlog(0)"), "{err}");
+        assert!(!CREATED.load(Ordering::SeqCst));
+    }
+}
