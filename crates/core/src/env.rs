@@ -79,7 +79,11 @@ pub(crate) fn announced(
         Some(value) => {
             let count: usize = parse(LISTEN_FDS, &value, "is not a number of descriptors")?;
             if count > (RawFd::MAX - FIRST_FD) as usize {
-                return Err(bad(LISTEN_FDS, &value, "is more descriptors than can exist"));
+                return Err(bad(
+                    LISTEN_FDS,
+                    &value,
+                    "is more descriptors than can exist",
+                ));
             }
             count
         }
@@ -204,12 +208,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        move |key| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.into())
-        }
+        move |key| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.into())
     }
 
     fn message(result: Result<Option<Announced>>) -> String {
@@ -254,7 +253,10 @@ mod tests {
     #[test]
     fn malformed_values_name_the_variable_and_the_value() {
         let cases: [(&[(&str, &str)], &str); 6] = [
-            (&[("LISTEN_PID", "me")], r#"LISTEN_PID="me" is not a process id"#),
+            (
+                &[("LISTEN_PID", "me")],
+                r#"LISTEN_PID="me" is not a process id"#,
+            ),
             (
                 &[("LISTEN_PID", "42"), ("LISTEN_FDS", "abc")],
                 r#"LISTEN_FDS="abc" is not a number of descriptors"#,
@@ -286,7 +288,10 @@ mod tests {
         ];
         for (vars, expected) in cases {
             let got = message(announced(env(vars), 42));
-            assert!(got.contains(expected), "{got:?} should contain {expected:?}");
+            assert!(
+                got.contains(expected),
+                "{got:?} should contain {expected:?}"
+            );
         }
     }
 }

@@ -66,7 +66,9 @@ pub enum Error {
     },
 
     /// The same socket or file was asked for twice.
-    #[error("{what} is already registered with this upgrader; ask for it once and clone the handle")]
+    #[error(
+        "{what} is already registered with this upgrader; ask for it once and clone the handle"
+    )]
     AlreadyRegistered {
         /// The socket or file asked for.
         what: String,

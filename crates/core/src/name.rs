@@ -59,13 +59,13 @@ impl fmt::Display for FdName {
     /// Describes the descriptor for humans: "TCP listener on 127.0.0.1:8080".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FdName::Tcp(addr) => write!(f, "TCP listener on {addr}"),
-            FdName::Udp(addr) => write!(f, "UDP socket on {addr}"),
-            FdName::Unix(path) => write!(f, "Unix listener on {}", path.display()),
+            FdName::Tcp(addr) => write!(f, "a TCP listener on {addr}"),
+            FdName::Udp(addr) => write!(f, "a UDP socket on {addr}"),
+            FdName::Unix(path) => write!(f, "a Unix listener on {}", path.display()),
             FdName::UnixAbstract(name) => {
-                write!(f, "Unix listener on @{}", String::from_utf8_lossy(name))
+                write!(f, "a Unix listener on @{}", String::from_utf8_lossy(name))
             }
-            FdName::File(name) => write!(f, "file {name:?}"),
+            FdName::File(name) => write!(f, "the file {name:?}"),
         }
     }
 }
@@ -117,7 +117,9 @@ mod tests {
         for name in names {
             let encoded = name.encode();
             assert!(
-                encoded.bytes().all(|b| b != b':' && (0x20..0x7f).contains(&b)),
+                encoded
+                    .bytes()
+                    .all(|b| b != b':' && (0x20..0x7f).contains(&b)),
                 "{encoded:?} is not a valid systemd fd name"
             );
             assert_eq!(FdName::decode(&encoded), Some(name), "{encoded}");
@@ -142,6 +144,6 @@ mod tests {
     #[test]
     fn display_describes_the_socket() {
         let name = FdName::Tcp("127.0.0.1:80".parse().unwrap());
-        assert_eq!(name.to_string(), "TCP listener on 127.0.0.1:80");
+        assert_eq!(name.to_string(), "a TCP listener on 127.0.0.1:80");
     }
 }

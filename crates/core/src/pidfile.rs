@@ -10,9 +10,9 @@ const MODE: u32 = 0o644;
 
 /// Writes `pid` to `path` through a temporary file in the same directory and a rename.
 pub(crate) fn write(path: &Path, pid: u32) -> io::Result<()> {
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name")
-    })?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
     tmp_name.push(format!(".{pid}.tmp"));
@@ -62,8 +62,15 @@ mod tests {
         let path = dir.path().join("app.pid");
         write(&path, 1234).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "1234\n");
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, MODE);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            MODE
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
 
         assert!(!remove_if_ours(&path, 99).unwrap());
         assert!(path.exists());

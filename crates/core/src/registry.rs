@@ -92,7 +92,8 @@ impl Registry {
         };
         let entry = &mut self.inherited[index];
         let fd = entry.fd.as_ref().expect("claimed entries are skipped");
-        let found = sys::describe(fd.as_fd()).map_err(|e| Error::io("inspecting inherited fd", e))?;
+        let found =
+            sys::describe(fd.as_fd()).map_err(|e| Error::io("inspecting inherited fd", e))?;
         if !matches(want, &found) {
             return Err(Error::Mismatch {
                 name: entry.name.clone(),

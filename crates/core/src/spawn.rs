@@ -233,8 +233,8 @@ fn reap(pid: u32) {
 ///
 /// Must be called only in a freshly forked child of a possibly multi-threaded process.
 unsafe fn exec_child(plan: &mut Plan, err: RawFd) -> ! {
-    // SAFETY (whole function): only async-signal-safe libc calls on prepared memory; every
-    // failure path ends in `_exit`.
+    // SAFETY: only async-signal-safe libc calls on memory prepared before fork; every failure
+    // path ends in `_exit`.
     unsafe {
         let mut set = MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigemptyset(set.as_mut_ptr());
@@ -266,7 +266,10 @@ unsafe fn exec_child(plan: &mut Plan, err: RawFd) -> ! {
             fail(err, 2);
         }
 
-        write_pid(&mut plan.listen_pid[LISTEN_PID_PREFIX.len()..], libc::getpid());
+        write_pid(
+            &mut plan.listen_pid[LISTEN_PID_PREFIX.len()..],
+            libc::getpid(),
+        );
 
         if let Some(cwd) = &plan.cwd {
             if libc::chdir(cwd.as_ptr()) < 0 {

@@ -137,7 +137,6 @@ impl fmt::Display for FdKind {
 
 impl fmt::Display for SocketInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = if self.listening { "a listening " } else { "a " };
         let family = match &self.local {
             Local::Inet(SocketAddr::V4(_)) => "IPv4",
             Local::Inet(SocketAddr::V6(_)) => "IPv6",
@@ -150,15 +149,22 @@ impl fmt::Display for SocketInfo {
             Some(SockType::SeqPacket) => "seqpacket",
             _ => "other-type",
         };
-        write!(f, "{state}{family} {ty} socket ")?;
+        let what = if self.listening {
+            format!("a listening {family} {ty} socket")
+        } else if family.starts_with('I') {
+            format!("an {family} {ty} socket")
+        } else {
+            format!("a {family} {ty} socket")
+        };
+        f.write_str(&what)?;
         match &self.local {
-            Local::Inet(addr) => write!(f, "bound to {addr}"),
-            Local::UnixPath(path) => write!(f, "bound to {}", path.display()),
+            Local::Inet(addr) => write!(f, " bound to {addr}"),
+            Local::UnixPath(path) => write!(f, " bound to {}", path.display()),
             Local::UnixAbstract(name) => {
-                write!(f, "bound to @{}", String::from_utf8_lossy(name))
+                write!(f, " bound to @{}", String::from_utf8_lossy(name))
             }
-            Local::UnixUnnamed => f.write_str("with no address"),
-            Local::Family(family) => write!(f, "of family {family:?}"),
+            Local::UnixUnnamed => f.write_str(" with no address"),
+            Local::Family(family) => write!(f, " of family {family:?}"),
         }
     }
 }

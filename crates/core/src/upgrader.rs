@@ -142,7 +142,9 @@ impl Builder {
             ));
         }
         if self.upgrade_timeout.is_zero() {
-            return Err(Error::InvalidConfig("upgrade_timeout must not be zero".into()));
+            return Err(Error::InvalidConfig(
+                "upgrade_timeout must not be zero".into(),
+            ));
         }
         let pid = sys::pid();
         if CREATED.swap(true, Ordering::SeqCst) {
@@ -402,10 +404,19 @@ impl Upgrader {
                 ),
             });
         }
-        let (fd, origin) = self.inner.registry().inherit_or_create(want.clone(), create)?;
+        let (fd, origin) = self
+            .inner
+            .registry()
+            .inherit_or_create(want.clone(), create)?;
         match origin {
-            Origin::Inherited => tracing::info!(pid = self.inner.pid, fd = fd.as_raw_fd(), "adopted inherited {want}"),
-            Origin::Created => tracing::debug!(pid = self.inner.pid, fd = fd.as_raw_fd(), "created {want}"),
+            Origin::Inherited => tracing::info!(
+                pid = self.inner.pid,
+                fd = fd.as_raw_fd(),
+                "adopted the inherited descriptor: {want}"
+            ),
+            Origin::Created => {
+                tracing::debug!(pid = self.inner.pid, fd = fd.as_raw_fd(), "created {want}")
+            }
         }
         Ok(fd)
     }
@@ -454,11 +465,7 @@ impl Upgrader {
             }
         }
         *state = State::Ready;
-        tracing::info!(
-            pid = inner.pid,
-            generation = inner.generation,
-            "ready"
-        );
+        tracing::info!(pid = inner.pid, generation = inner.generation, "ready");
         Ok(())
     }
 
@@ -658,7 +665,10 @@ impl Inner {
         };
         drop(theirs);
         span.record("child_pid", child);
-        tracing::info!(child_pid = child, "new generation started; waiting until it is ready");
+        tracing::info!(
+            child_pid = child,
+            "new generation started; waiting until it is ready"
+        );
 
         let mut reader = Reader::new(ours);
         loop {
