@@ -159,7 +159,9 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(context: &'static str, source: impl Into<io::Error>) -> Self {
+    /// An [`Error::Io`]: `context` says what was being done when `source` happened. For
+    /// adapters that report their own system errors as graceful errors.
+    pub fn io(context: &'static str, source: impl Into<io::Error>) -> Self {
         Error::Io {
             context,
             source: source.into(),

@@ -1,1 +1,124 @@
-//! placeholder
+//! Zero-downtime binary upgrades for Tokio servers.
+//!
+//! Three changes to a server: bind with [`listen`] instead of `TcpListener::bind`, call
+//! [`ready`] once it serves, and stop long-lived connections at a boundary when
+//! [`upgrade_requested`] completes. Then [`drain`] before returning from `main`.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use futures::StreamExt;
+//! use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), graceful_tokio::Error> {
+//!     let mut listener = graceful_tokio::listen("127.0.0.1:7000").await?; // 1: inherit or bind
+//!     graceful_tokio::ready()?; // 2: the previous generation may stop now
+//!     while let Some(conn) = listener.next().await {
+//!         tokio::spawn(async move {
+//!             let mut conn = BufReader::new(conn);
+//!             let mut line = String::new();
+//!             loop {
+//!                 tokio::select! {
+//!                     biased;
+//!                     read = conn.read_line(&mut line) => match read {
+//!                         Ok(0) | Err(_) => break,
+//!                         Ok(_) => {
+//!                             if conn.write_all(line.as_bytes()).await.is_err() { break }
+//!                             line.clear();
+//!                         }
+//!                     },
+//!                     () = graceful_tokio::upgrade_requested() => break, // 3: stop at a boundary
+//!                 }
+//!             }
+//!         });
+//!     }
+//!     // The listener ended: a new generation serves. Wait for our connections, then exit.
+//!     graceful_tokio::drain(Duration::from_secs(30)).await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! By default SIGHUP upgrades (the new binary at the path this one was started from takes
+//! over), and SIGTERM or SIGINT stop gracefully; [`Builder`] changes that. A failed upgrade is
+//! logged with its reason and the server keeps serving as if nothing happened.
+//!
+//! Misuse is harmless: a second `listen` on the same address is an
+//! [`Error::AlreadyRegistered`]; a second `ready` does nothing; an upgrade signal before `ready`
+//! is logged and ignored.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![cfg(unix)]
+
+mod handle;
+mod listener;
+mod tracked;
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use graceful_core::{Error, Result, Upgrader};
+pub use handle::{Builder, DrainOutcome, DrainReport, Graceful, UpgradeRequested};
+pub use listener::{Accept, Listener, TcpListener, UnixListener};
+pub use tracked::{ConnectionGuard, TrackedStream};
+
+/// Inherits the TCP listener for `addr` from the previous generation, or binds it; see
+/// [`Graceful::listen`]. Installs the process's handle with the defaults if [`Builder::install`]
+/// was not called.
+///
+/// # Errors
+///
+/// As [`Graceful::listen`] and [`Builder::install`].
+pub async fn listen(addr: impl tokio::net::ToSocketAddrs) -> Result<TcpListener> {
+    Graceful::get()?.listen(addr).await
+}
+
+/// Inherits the Unix listener for `path` from the previous generation, or binds it; see
+/// [`Graceful::listen_unix`].
+///
+/// # Errors
+///
+/// As [`Graceful::listen`] and [`Builder::install`].
+pub async fn listen_unix(path: impl AsRef<Path>) -> Result<UnixListener> {
+    Graceful::get()?.listen_unix(path).await
+}
+
+/// Reports that this process serves; see [`Graceful::ready`].
+///
+/// # Errors
+///
+/// As [`Graceful::ready`] and [`Builder::install`].
+pub fn ready() -> Result<()> {
+    Graceful::get()?.ready()
+}
+
+/// Completes when this process should wind down; see [`Graceful::upgrade_requested`]. Never
+/// completes if graceful could not start (the reason is logged once).
+pub fn upgrade_requested() -> UpgradeRequested {
+    handle::global().map_or_else(UpgradeRequested::never, |g| g.upgrade_requested())
+}
+
+/// Starts the next generation now; see [`Graceful::upgrade`].
+///
+/// # Errors
+///
+/// As [`Graceful::upgrade`] and [`Builder::install`].
+pub async fn upgrade() -> Result<u32> {
+    Graceful::get()?.upgrade().await
+}
+
+/// Stops gracefully without a successor; see [`Graceful::stop`].
+pub fn stop() {
+    if let Some(graceful) = handle::global() {
+        graceful.stop();
+    }
+}
+
+/// Waits for the tracked connections, for `timeout` at most; see [`Graceful::drain`]. Returns
+/// at once, with nothing to report, if graceful could not start.
+pub async fn drain(timeout: Duration) -> DrainReport {
+    match handle::global() {
+        Some(graceful) => graceful.drain(timeout).await,
+        None => DrainReport::empty(),
+    }
+}

@@ -1,0 +1,174 @@
+//! A line-based TCP echo server that survives binary upgrades.
+//!
+//! ```text
+//! echo-server [--addr 127.0.0.1:7000] [--pid-file PATH] [--upgrade-timeout 60s] [--drain-timeout 30s]
+//! ```
+//!
+//! Each line is answered with the line and the pid that answered: `hello` gets `hello 4242`. A
+//! line `sleep <ms>` is answered after that many milliseconds, to play a slow request.
+//!
+//! `kill -HUP` starts the binary at the same path with the listener inherited. Once the new
+//! process is ready, this one stops accepting, finishes the line each connection is on, closes
+//! every connection at that boundary, and exits when they are all closed or at the drain
+//! timeout.
+//!
+//! For scripts, each generation prints one line on stdout when it serves and one when it exits:
+//!
+//! ```text
+//! ready pid=4242 generation=1 addr=127.0.0.1:7000
+//! exited pid=4242 open_at_start=8 abandoned=0 outcome=Drained
+//! ```
+
+#[path = "../common/args.rs"]
+mod args;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures::StreamExt;
+use graceful::{Graceful, TrackedStream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const USAGE: &str = "usage: echo-server [--addr 127.0.0.1:7000] [--pid-file PATH] \
+                     [--upgrade-timeout 60s] [--drain-timeout 30s]";
+
+/// How long a connection accepted just before an upgrade may take to send its first line: it
+/// is served, not closed, as its client expects an answer.
+const FIRST_LINE_GRACE: Duration = Duration::from_secs(2);
+/// How long a closing connection waits for its client to close too.
+const LINGER: Duration = Duration::from_secs(2);
+
+struct Config {
+    addr: String,
+    pid_file: Option<String>,
+    upgrade_timeout: Duration,
+    drain_timeout: Duration,
+}
+
+fn config() -> Result<Config, String> {
+    let flags = args::Flags::parse(&["addr", "pid-file", "upgrade-timeout", "drain-timeout"])?;
+    Ok(Config {
+        addr: flags
+            .text("addr")
+            .unwrap_or_else(|| "127.0.0.1:7000".into()),
+        pid_file: flags.text("pid-file"),
+        upgrade_timeout: flags.duration("upgrade-timeout", Duration::from_secs(60))?,
+        drain_timeout: flags.duration("drain-timeout", Duration::from_secs(30))?,
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match config() {
+        Ok(config) => config,
+        Err(problem) => {
+            eprintln!("echo-server: {problem}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("echo-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), graceful::Error> {
+    let mut builder = graceful::Builder::new().upgrade_timeout(config.upgrade_timeout);
+    if let Some(pid_file) = &config.pid_file {
+        builder = builder.pid_file(pid_file);
+    }
+    let graceful = builder.install()?;
+    let mut listener = graceful.listen(config.addr.as_str()).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| graceful::Error::io("reading the listener's address", e))?;
+    graceful.ready()?;
+    let pid = std::process::id();
+    println!(
+        "ready pid={pid} generation={} addr={addr}",
+        graceful.upgrader().generation()
+    );
+
+    while let Some(conn) = listener.next().await {
+        tokio::spawn(echo(conn, graceful.clone()));
+    }
+
+    let report = graceful.drain(config.drain_timeout).await;
+    println!(
+        "exited pid={pid} open_at_start={} abandoned={} outcome={:?}",
+        report.open_at_start, report.abandoned, report.outcome
+    );
+    Ok(())
+}
+
+/// Answers lines until the client leaves or, once an upgrade is requested, until the next line
+/// boundary.
+async fn echo(conn: TrackedStream<TcpStream>, graceful: Graceful) {
+    let pid = std::process::id();
+    let mut conn = BufReader::new(conn);
+    let mut line = String::new();
+    let upgrade = graceful.upgrade_requested();
+    tokio::pin!(upgrade);
+    let mut answered = 0u64;
+    loop {
+        // At a boundary. Data that has arrived is served (the client sent it expecting an
+        // answer); a connection that has not sent its first line yet gets a grace period.
+        let boundary_reached = async {
+            upgrade.as_mut().await;
+            if answered == 0 {
+                tokio::time::sleep(FIRST_LINE_GRACE).await;
+            }
+        };
+        tokio::select! {
+            biased;
+            available = conn.fill_buf() => match available {
+                Ok([]) | Err(_) => return,
+                Ok(_) => {}
+            },
+            () = boundary_reached => break,
+        }
+        // A line has begun: it is finished even if an upgrade is requested meanwhile.
+        line.clear();
+        match conn.read_line(&mut line).await {
+            Ok(_) if line.ends_with('\n') => {}
+            _ => return, // the client left, mid-line or not
+        }
+        let request = line.trim_end();
+        if let Some(ms) = request
+            .strip_prefix("sleep ")
+            .and_then(|ms| ms.parse().ok())
+        {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let reply = format!("{request} {pid}\n");
+        if conn.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+        answered += 1;
+    }
+    close_at_boundary(conn).await;
+}
+
+/// Half-closes, so that the client reads a clean end of stream after its last answer, then
+/// discards whatever it sent meanwhile until it closes too: closing a socket with unread data
+/// would reset the connection instead.
+async fn close_at_boundary(mut conn: BufReader<TrackedStream<TcpStream>>) {
+    if conn.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}

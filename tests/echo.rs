@@ -1,0 +1,153 @@
+//! The echo pair as real processes, upgraded with SIGHUP while clients talk to it.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+
+use support::{Client, Event, STEP, Server};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_echo-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_echo-client");
+
+#[test]
+fn short_lived_connections_see_no_failure_across_upgrades() {
+    let mut server = Server::start(SERVER, &[]);
+    let first = server.pid;
+    let mut client = Client::start(
+        CLIENT,
+        server.addr,
+        &["--mode", "short", "--connections", "4"],
+    );
+    for _ in 0..3 {
+        server.upgrade();
+        client.wait_answered_by(server.pid);
+    }
+    let summary = client.finish();
+    assert_eq!(summary.count("errors"), 0, "{summary:?}");
+    let answered_by = summary.answered_by();
+    assert!(answered_by.contains(&first) && answered_by.contains(&server.pid));
+    assert_eq!(
+        answered_by.len(),
+        4,
+        "all four generations answered: {summary:?}"
+    );
+}
+
+#[test]
+fn long_lived_connections_see_only_clean_closes_at_line_boundaries() {
+    let mut server = Server::start(SERVER, &[]);
+    let mut client = Client::start(
+        CLIENT,
+        server.addr,
+        &["--mode", "long", "--connections", "8"],
+    );
+    for _ in 0..3 {
+        let old = server.upgrade();
+        client.wait_answered_by(server.pid);
+        let Event::Exited { abandoned, .. } = server.wait_exited(old) else {
+            unreachable!()
+        };
+        assert_eq!(
+            abandoned, 0,
+            "the old generation closed every connection itself"
+        );
+    }
+    let summary = client.finish();
+    assert_eq!(summary.count("errors"), 0, "{summary:?}");
+    // Every connection was on the first generation and had to move at least once.
+    assert!(summary.count("reconnects") >= 8, "{summary:?}");
+}
+
+#[test]
+fn a_slow_line_in_flight_at_the_upgrade_completes_on_the_old_process() {
+    let mut server = Server::start(SERVER, &[]);
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(STEP)).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut answer = String::new();
+
+    conn.write_all(b"hello\n").unwrap();
+    reader.read_line(&mut answer).unwrap();
+    assert_eq!(answer, format!("hello {}\n", server.pid));
+
+    // Long enough that the answer can only come after the upgrade has completed.
+    conn.write_all(b"sleep 1500\n").unwrap();
+    let old = server.upgrade();
+    answer.clear();
+    reader.read_line(&mut answer).unwrap();
+    assert_eq!(answer, format!("sleep 1500 {old}\n"));
+    // Then the old process closes the connection at that boundary: a clean end of stream.
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0);
+    drop((conn, reader));
+    let Event::Exited { abandoned, .. } = server.wait_exited(old) else {
+        unreachable!()
+    };
+    assert_eq!(abandoned, 0);
+}
+
+#[test]
+fn the_old_process_exits_once_drained() {
+    let mut server = Server::start(SERVER, &[]);
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(STEP)).unwrap();
+    conn.write_all(b"hello\n").unwrap();
+    let mut answer = String::new();
+    BufReader::new(conn.try_clone().unwrap())
+        .read_line(&mut answer)
+        .unwrap();
+
+    let old = server.upgrade();
+    // The idle connection is closed at its boundary; closing ours ends the drain.
+    let mut rest = Vec::new();
+    assert_eq!(
+        conn.read_to_end(&mut rest).unwrap(),
+        0,
+        "clean end of stream"
+    );
+    drop(conn);
+    match server.wait_exited(old) {
+        Event::Exited {
+            open_at_start,
+            abandoned,
+            outcome,
+            ..
+        } => {
+            assert_eq!((open_at_start, abandoned), (1, 0));
+            assert_eq!(outcome, "Drained");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The new generation serves.
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    conn.write_all(b"again\n").unwrap();
+    answer.clear();
+    BufReader::new(conn).read_line(&mut answer).unwrap();
+    assert_eq!(answer, format!("again {}\n", server.pid));
+}
+
+#[test]
+fn the_old_process_exits_at_the_deadline_when_a_connection_never_finishes() {
+    let mut server = Server::start(SERVER, &["--drain-timeout", "1s"]);
+    let mut stuck = TcpStream::connect(server.addr).unwrap();
+    stuck.write_all(b"hello\n").unwrap();
+    let mut answer = String::new();
+    let mut reader = BufReader::new(stuck.try_clone().unwrap());
+    reader.read_line(&mut answer).unwrap();
+    // Half a line, never finished: the old process is stuck in the middle of it.
+    stuck.write_all(b"never fini").unwrap();
+
+    let old = server.upgrade();
+    match server.wait_exited(old) {
+        Event::Exited {
+            abandoned, outcome, ..
+        } => {
+            assert_eq!(abandoned, 1);
+            assert_eq!(outcome, "Deadline");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop((stuck, reader));
+}
