@@ -93,6 +93,9 @@ pub struct Listener<L> {
     stopped: bool,
 }
 
+/// A connection accepted by a [`Listener`], with its peer's address.
+type Accepted<L> = (TrackedStream<<L as Accept>::Io>, <L as Accept>::Addr);
+
 /// A graceful TCP listener.
 pub type TcpListener = Listener<tokio::net::TcpListener>;
 
@@ -118,7 +121,7 @@ impl<L: Accept> Listener<L> {
     /// replaced or is stopping.
     ///
     /// Cancel safe: if the future is dropped before it completes, no connection is lost.
-    pub async fn accept(&mut self) -> Option<(TrackedStream<L::Io>, L::Addr)> {
+    pub async fn accept(&mut self) -> Option<Accepted<L>> {
         std::future::poll_fn(|cx| self.poll_accept_tracked(cx)).await
     }
 
@@ -136,7 +139,7 @@ impl<L: Accept> Listener<L> {
     fn poll_accept_tracked(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<(TrackedStream<L::Io>, L::Addr)>> {
+    ) -> Poll<Option<Accepted<L>>> {
         loop {
             if self.stopped || self.stop.as_mut().poll(cx).is_ready() {
                 self.stopped = true;
