@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! echo-client [--addr 127.0.0.1:7000] [--connections 8] [--mode long|short]
-//!             [--duration 10s] [--max-lines 1000000]
+//!             [--duration 10s] [--max-lines 100000000]
 //! ```
 //!
 //! `long`: each connection sends a line, waits for its answer, sends the next, and so on. When
@@ -41,7 +41,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 const USAGE: &str = "usage: echo-client [--addr 127.0.0.1:7000] [--connections 8] \
-                     [--mode long|short] [--duration 10s] [--max-lines 1000000]";
+                     [--mode long|short] [--duration 10s] [--max-lines 100000000]";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before reconnecting after an error, so a dead server is not hammered.
@@ -77,7 +77,7 @@ fn config() -> Result<Config, String> {
         connections,
         mode,
         duration: flags.duration("duration", Duration::from_secs(10))?,
-        max_lines: flags.value("max-lines", 1_000_000)?,
+        max_lines: flags.value("max-lines", 100_000_000)?,
     })
 }
 

@@ -136,10 +136,7 @@ impl<L: Accept> Listener<L> {
         &self.inner
     }
 
-    fn poll_accept_tracked(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Accepted<L>>> {
+    fn poll_accept_tracked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Accepted<L>>> {
         loop {
             if self.stopped || self.stop.as_mut().poll(cx).is_ready() {
                 self.stopped = true;
