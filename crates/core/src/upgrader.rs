@@ -13,6 +13,10 @@
 //! the oldest living generation, the one whose parent has exited, knows how many are alive and
 //! is the one told to finish when there are too many. No generation waits for its parent to
 //! exit before it may be upgraded itself.
+//!
+//! The count relies on the chain of links staying whole: a replaced generation should not exit
+//! before its parent has (see [`Upgrader::parent_exited`]). The tokio adapter's drain waits for
+//! that, within its deadline.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -568,6 +572,10 @@ impl Upgrader {
 
     /// Set when the generation that started this one has exited. Never set in a process that
     /// was not started by an upgrade.
+    ///
+    /// A replaced generation that has finished its work should wait for this before it exits:
+    /// the count of generations alive travels through each generation's link to its parent, so
+    /// a generation that exits before its parent hides its successors from the older ones.
     pub fn parent_exited(&self) -> &Event {
         &self.inner.parent_exited
     }
@@ -735,16 +743,26 @@ impl Inner {
             }
         }
         drop(reader);
-        self.lineage().descendants = 0;
+        // A child that had a successor of its own retired after its drain; one that had none
+        // has left nobody serving after it.
+        let had_successor = std::mem::take(&mut self.lineage().descendants) > 1;
         self.report_descendants();
-        match sys::wait_child(child) {
-            Ok(status) => tracing::error!(
+        let status = sys::wait_child(child);
+        match (had_successor, status) {
+            (true, Ok(status)) => tracing::warn!(
                 pid = self.pid,
                 child_pid = child,
                 %status,
-                "the generation that replaced this one has exited while this one is still running"
+                "the next generation, itself replaced, exited before this one: the count of \
+                 generations alive no longer includes its successors"
             ),
-            Err(err) => tracing::debug!(child_pid = child, %err, "cannot reap the successor"),
+            (false, Ok(status)) => tracing::error!(
+                pid = self.pid,
+                child_pid = child,
+                %status,
+                "the generation that replaced this one has exited while this one still runs"
+            ),
+            (_, Err(err)) => tracing::debug!(child_pid = child, %err, "cannot reap the successor"),
         }
     }
 

@@ -374,10 +374,15 @@ impl Graceful {
     /// many were still open when it gave up. Cut short when this process is the oldest of too
     /// many generations, or by a second stop signal.
     ///
+    /// A replaced generation whose own parent is still draining then also waits, within the
+    /// same `timeout`, until that parent has exited: generations retire oldest first, which
+    /// keeps the count of generations alive exact.
+    ///
     /// Call it after the listener has ended; then return from `main`, which closes whatever
     /// was abandoned.
     pub async fn drain(&self, timeout: Duration) -> DrainReport {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + timeout);
         let tracker = &self.inner.tracker;
         let open_at_start = tracker.len();
         tracker.close();
@@ -385,8 +390,11 @@ impl Graceful {
             biased;
             () = tracker.wait() => DrainOutcome::Drained,
             () = self.inner.finish.cancelled() => DrainOutcome::CutShort,
-            () = tokio::time::sleep(timeout) => DrainOutcome::Deadline,
+            () = tokio::time::sleep_until(deadline) => DrainOutcome::Deadline,
         };
+        if outcome == DrainOutcome::Drained {
+            self.outlive_parent(deadline).await;
+        }
         let report = DrainReport {
             open_at_start,
             abandoned: tracker.len(),
@@ -399,6 +407,30 @@ impl Graceful {
             tracing::warn!(pid = std::process::id(), %report, "drain ended with open connections");
         }
         report
+    }
+
+    /// A replaced generation exits after its parent, within its own deadline, so that the
+    /// generations alive stay one chain that the oldest can count (see
+    /// [`Upgrader::parent_exited`]).
+    async fn outlive_parent(&self, deadline: tokio::time::Instant) {
+        let upgrader = &self.inner.upgrader;
+        if upgrader.parent_pid().is_none() || upgrader.parent_exited().is_set() {
+            return;
+        }
+        tracing::info!(
+            pid = upgrader.pid(),
+            parent_pid = upgrader.parent_pid(),
+            "drained; waiting for the previous generation to exit first"
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        upgrader.parent_exited().on_set(move || {
+            let _ = tx.send(());
+        });
+        tokio::select! {
+            _ = rx => {}
+            () = self.inner.finish.cancelled() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
     }
 
     /// The runtime-agnostic upgrader underneath, for what this crate does not wrap (UDP

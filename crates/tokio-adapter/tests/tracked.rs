@@ -169,7 +169,7 @@ fn the_inner_stream_is_reachable() {
             served.get_ref().local_addr().unwrap(),
             client.peer_addr().unwrap()
         );
-        // Writing to the inner stream directly bypasses nothing that matters: same socket.
+        // get_mut() is the socket itself: what is written to it directly reaches the client.
         served.get_mut().write_all(b"direct").await.unwrap();
         let mut direct = [0; 6];
         within(
