@@ -71,16 +71,7 @@ impl Server {
             .process_group(0)
             .spawn()
             .expect("start the server");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = read_lines(child.stdout.take().expect("piped"));
         let pgid = child.id() as i32;
         let mut server = Server {
             dir,
@@ -189,6 +180,19 @@ impl Drop for Server {
     }
 }
 
+/// Forwards a child's stdout, line by line, to a channel.
+fn read_lines(stdout: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 fn parse_event(line: &str) -> Option<Event> {
     let (kind, rest) = line.split_once(' ')?;
     let fields: HashMap<&str, &str> = rest.split(' ').filter_map(|f| f.split_once('=')).collect();
@@ -249,16 +253,7 @@ impl Client {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the client");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = read_lines(child.stdout.take().expect("piped"));
         let mut client = Client { child, lines };
         client.wait_line("started");
         client

@@ -13,7 +13,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use graceful_core::{Error, Upgrader};
-use support::{STEP, Setup, scenario};
+use support::{STEP, Setup, child_finishes, scenario};
 
 /// The listener still accepts and serves a connection.
 fn still_serving(listener: &TcpListener) {
@@ -25,13 +25,6 @@ fn still_serving(listener: &TcpListener) {
     client.set_read_timeout(Some(STEP)).unwrap();
     client.read_to_string(&mut reply).unwrap();
     assert_eq!(reply, "still here");
-}
-
-fn child_finishes(upgrader: &Upgrader) {
-    assert!(
-        upgrader.parent_exited().wait_timeout(STEP),
-        "the parent generation did not exit within {STEP:?}"
-    );
 }
 
 #[test]

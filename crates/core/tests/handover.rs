@@ -14,16 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use graceful_core::Upgrader;
-use support::{STEP, Setup, inode, nonblocking, scenario};
-
-/// The child of every scenario lingers until its parent has exited, as a served process would,
-/// so that each test also shows that a child learns of its parent's exit.
-fn child_finishes(upgrader: &Upgrader) {
-    assert!(
-        upgrader.parent_exited().wait_timeout(STEP),
-        "the parent generation did not exit within {STEP:?}"
-    );
-}
+use support::{STEP, Setup, child_finishes, inode, nonblocking, scenario};
 
 #[test]
 fn sockets_and_files_are_the_same_objects_in_the_new_generation() {

@@ -275,6 +275,15 @@ impl Ctx {
     }
 }
 
+/// The child of a scenario lingers until its parent has exited, as a served process would, so
+/// that each test also shows that a child learns of its parent's exit.
+pub fn child_finishes(upgrader: &graceful_core::Upgrader) {
+    assert!(
+        upgrader.parent_exited().wait_timeout(STEP),
+        "the parent generation did not exit within {STEP:?}"
+    );
+}
+
 /// (device, inode) of the object behind a descriptor.
 pub fn inode(fd: &impl std::os::fd::AsFd) -> (u64, u64) {
     let stat = nix::sys::stat::fstat(fd.as_fd()).expect("fstat");
