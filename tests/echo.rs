@@ -188,3 +188,80 @@ fn the_oldest_of_too_many_generations_is_told_to_finish() {
     }
     drop(stuck);
 }
+
+#[test]
+fn a_stop_signal_drains_and_exits_without_a_successor() {
+    let mut server = Server::start(SERVER, &[]);
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(STEP)).unwrap();
+    conn.write_all(b"sleep 500\n").unwrap();
+    let pid = server.pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // The line in progress is answered, then the connection ends cleanly.
+    let mut answer = String::new();
+    let mut reader = BufReader::new(conn);
+    reader.read_line(&mut answer).unwrap();
+    assert_eq!(answer, format!("sleep 500 {pid}\n"));
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0);
+    match server.wait_exited(pid) {
+        Event::Exited {
+            abandoned, outcome, ..
+        } => assert_eq!((abandoned, outcome.as_str()), (0, "Drained")),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !server.dir().join("server.pid").exists(),
+        "a graceful stop removes its PID file"
+    );
+    assert!(
+        server.log().contains("stopping gracefully"),
+        "{}",
+        server.log()
+    );
+}
+
+/// A deploy that puts a broken binary in place: SIGHUP fails, the failure is logged with its
+/// reason, and the running server answers as before. Once a good binary is back, SIGHUP works.
+#[test]
+fn a_failed_upgrade_is_logged_and_the_server_keeps_serving() {
+    let bin = tempfile::tempdir().unwrap();
+    let path = bin.path().join("echo-server");
+    std::fs::copy(SERVER, &path).unwrap();
+    let mut server = Server::start(path.to_str().unwrap(), &["--upgrade-timeout", "10s"]);
+    let pid = server.pid;
+
+    std::fs::write(bin.path().join("broken"), b"#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(
+        bin.path().join("broken"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::rename(bin.path().join("broken"), &path).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    server.wait_log("upgrade failed; this generation keeps serving");
+    assert!(
+        server
+            .log()
+            .contains(&format!("cannot start {}", path.display())),
+        "the reason names the binary:\n{}",
+        server.log()
+    );
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    conn.write_all(b"still there?\n").unwrap();
+    let mut answer = String::new();
+    BufReader::new(conn).read_line(&mut answer).unwrap();
+    assert_eq!(answer, format!("still there? {pid}\n"));
+
+    std::fs::copy(SERVER, bin.path().join("good")).unwrap();
+    std::fs::rename(bin.path().join("good"), &path).unwrap();
+    assert_eq!(server.upgrade(), pid);
+}

@@ -159,6 +159,19 @@ impl Server {
         }
     }
 
+    /// Waits until the servers' log contains `text`. The log is a file, so this polls it.
+    pub fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + STEP;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "waited {STEP:?} for the log to say {text:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything the server generations logged on stderr.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()

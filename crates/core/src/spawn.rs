@@ -177,7 +177,16 @@ pub(crate) fn spawn(cmd: Command<'_>, timeout: Duration) -> Result<u32> {
         Ok(ExecResult::Exec) => Ok(pid),
         Ok(ExecResult::Failed { stage, errno }) => {
             reap(pid);
-            Err(spawn_error(stage, io::Error::from_raw_os_error(errno)))
+            let mut source = io::Error::from_raw_os_error(errno);
+            if errno == libc::ENOENT && stage == "execve" && executable.exists() {
+                // ENOENT for a file that exists: what is missing is its interpreter (#!) or
+                // its dynamic loader, and "No such file" alone would send the operator astray.
+                source = io::Error::new(
+                    source.kind(),
+                    format!("{source}: the file exists, so its interpreter or loader is missing"),
+                );
+            }
+            Err(spawn_error(stage, source))
         }
         Ok(ExecResult::Stuck) => {
             sys::kill_hard(pid);
