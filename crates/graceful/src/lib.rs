@@ -28,9 +28,21 @@
 //! ```
 //!
 //! This crate re-exports [`graceful_tokio`] (the listener, tracked connections, triggers and
-//! drain) and the error type of [`graceful_core`] (the runtime-agnostic mechanism).
+//! drain) and the error type of [`graceful_core`] (the runtime-agnostic mechanism). With the
+//! feature `hyper`, `serve` runs a hyper service across upgrades; with `axum`, `axum::serve`
+//! runs a Router.
 
 #![warn(missing_docs)]
 #![cfg(unix)]
 
 pub use graceful_tokio::*;
+
+#[cfg(feature = "hyper")]
+pub use graceful_hyper::{Serve, serve};
+
+/// axum on graceful listeners (feature `axum`): [`axum::serve`] adds the keep-alive behaviour
+/// and the drain of [`serve`]; the graceful listener also implements axum's own `Listener`.
+#[cfg(feature = "axum")]
+pub mod axum {
+    pub use graceful_hyper::axum::serve;
+}

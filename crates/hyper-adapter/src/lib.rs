@@ -1,5 +1,30 @@
-//! hyper and axum serving across graceful upgrades.
+//! Serve hyper and axum across graceful upgrades with no failed request.
 //!
-//! Not written yet: this crate exports nothing. Until it is, serve hyper connections from the
-//! tracked connections of `graceful::listen` and stop them with hyper-util's graceful shutdown
-//! when `graceful::upgrade_requested()` completes.
+//! [`serve`] runs a hyper service (HTTP/1.1 and HTTP/2, detected) on a graceful listener, calls
+//! `graceful::ready()` once it serves, and when the process is replaced:
+//!
+//! - requests in flight finish on the old process;
+//! - HTTP/2 connections get GOAWAY, so their clients open a new connection, to the new process;
+//! - an HTTP/1 keep-alive connection answers its next request with `Connection: close`, so a
+//!   busy client never sends a request into a connection that is being closed under it; only a
+//!   connection that stays idle through a short grace (1 s) is closed;
+//! - a connection accepted just before the upgrade is served, not closed;
+//! - upgraded connections (WebSocket) stay tracked until they close: the application closes
+//!   them at a message boundary when `graceful::upgrade_requested()` completes;
+//! - the old process drains its connections, up to the drain timeout, and the future returns.
+//!
+//! With axum, [`axum::serve`] does the same for a `Router`. Plain
+//! `axum::serve(graceful::listen(addr).await?, app).with_graceful_shutdown(graceful::upgrade_requested())`
+//! also works, with axum's own shutdown: it closes idle keep-alive connections at once, which
+//! can cost a busy client one request per connection and upgrade.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![cfg(unix)]
+
+#[cfg(feature = "axum")]
+pub mod axum;
+mod close;
+mod serve;
+
+pub use serve::{Serve, serve};

@@ -50,6 +50,8 @@
 #![warn(missing_docs)]
 #![cfg(unix)]
 
+#[cfg(feature = "axum")]
+mod axum;
 mod handle;
 mod listener;
 mod tracked;

@@ -41,6 +41,9 @@ pub trait Accept: sealed::Sealed + Unpin {
 
     /// Polls for the next connection.
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Self::Addr)>>;
+
+    /// The address the listener is bound to.
+    fn local_addr(&self) -> io::Result<Self::Addr>;
 }
 
 impl Accept for tokio::net::TcpListener {
@@ -50,6 +53,10 @@ impl Accept for tokio::net::TcpListener {
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Self::Addr)>> {
         tokio::net::TcpListener::poll_accept(self, cx)
     }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        tokio::net::TcpListener::local_addr(self)
+    }
 }
 
 impl Accept for tokio::net::UnixListener {
@@ -58,6 +65,10 @@ impl Accept for tokio::net::UnixListener {
 
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, Self::Addr)>> {
         tokio::net::UnixListener::poll_accept(self, cx)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        tokio::net::UnixListener::local_addr(self)
     }
 }
 
@@ -125,6 +136,15 @@ impl<L: Accept> Listener<L> {
         std::future::poll_fn(|cx| self.poll_accept_tracked(cx)).await
     }
 
+    /// The address this listener is bound to.
+    ///
+    /// # Errors
+    ///
+    /// As the wrapped tokio listener's `local_addr`.
+    pub fn local_addr(&self) -> io::Result<L::Addr> {
+        self.inner.local_addr()
+    }
+
     /// Whether the listener has stopped accepting for good.
     pub fn is_stopped(&self) -> bool {
         self.stopped
@@ -160,28 +180,6 @@ impl<L: Accept> Listener<L> {
                 }
             }
         }
-    }
-}
-
-impl Listener<tokio::net::TcpListener> {
-    /// The address this listener is bound to.
-    ///
-    /// # Errors
-    ///
-    /// As [`tokio::net::TcpListener::local_addr`].
-    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.inner.local_addr()
-    }
-}
-
-impl Listener<tokio::net::UnixListener> {
-    /// The address this listener is bound to.
-    ///
-    /// # Errors
-    ///
-    /// As [`tokio::net::UnixListener::local_addr`].
-    pub fn local_addr(&self) -> io::Result<tokio::net::unix::SocketAddr> {
-        self.inner.local_addr()
     }
 }
 

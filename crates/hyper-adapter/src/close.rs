@@ -1,0 +1,79 @@
+//! Keep-alive without the race: once this process is replaced, every HTTP/1 response carries
+//! `Connection: close`, so hyper closes the connection after writing it and the client's next
+//! request goes to a new connection, accepted by the new process.
+//!
+//! Closing a keep-alive connection the moment it is idle instead (what hyper-util's graceful
+//! shutdown does) loses the request that a busy client is sending at that instant.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use graceful_tokio::Graceful;
+use http::header::{CONNECTION, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use pin_project_lite::pin_project;
+
+/// Wraps a hyper service; see the module documentation.
+#[derive(Debug, Clone)]
+pub(crate) struct CloseWhenReplaced<S> {
+    inner: S,
+    graceful: Graceful,
+}
+
+impl<S> CloseWhenReplaced<S> {
+    pub(crate) fn new(inner: S, graceful: Graceful) -> Self {
+        CloseWhenReplaced { inner, graceful }
+    }
+}
+
+impl<S, R, B> hyper::service::Service<Request<R>> for CloseWhenReplaced<S>
+where
+    S: hyper::service::Service<Request<R>, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = CloseFuture<S::Future>;
+
+    fn call(&self, request: Request<R>) -> Self::Future {
+        // HTTP/2 has no Connection header; its connections get GOAWAY instead.
+        let http1 = request.version() < Version::HTTP_2;
+        CloseFuture {
+            inner: self.inner.call(request),
+            graceful: http1.then(|| self.graceful.clone()),
+        }
+    }
+}
+
+pin_project! {
+    /// The wrapped service's response, with `Connection: close` added when due.
+    pub(crate) struct CloseFuture<F> {
+        #[pin]
+        inner: F,
+        graceful: Option<Graceful>,
+    }
+}
+
+impl<F, B, E> Future for CloseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        // Decided when the response is ready, so a request in flight at the upgrade closes too.
+        // A protocol switch (WebSocket) keeps its own Connection header.
+        let replaced = this
+            .graceful
+            .as_ref()
+            .is_some_and(Graceful::is_upgrade_requested);
+        if replaced && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(response))
+    }
+}

@@ -1,0 +1,174 @@
+//! An axum server that survives binary upgrades with no failed request.
+//!
+//! ```text
+//! http-server [--addr 127.0.0.1:8080] [--pid-file PATH] [--upgrade-timeout 60s] [--drain-timeout 30s]
+//! ```
+//!
+//! - `GET /` answers `hello from <pid>`.
+//! - `GET /slow?ms=N` answers `slow N from <pid>` after N milliseconds.
+//! - `GET /ws` is a WebSocket echo: each text message comes back followed by the pid. When this
+//!   process is replaced, it finishes the message it is on and closes with 1001 (going away).
+//!
+//! `kill -HUP` upgrades it; SIGTERM stops it. Like `echo-server`, each generation prints
+//! `ready pid=… generation=… addr=…` when it serves and `exited pid=… …` when it exits.
+
+#[path = "../common/args.rs"]
+mod args;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use graceful::Graceful;
+
+const USAGE: &str = "usage: http-server [--addr 127.0.0.1:8080] [--pid-file PATH] \
+                     [--upgrade-timeout 60s] [--drain-timeout 30s]";
+/// How long a WebSocket waits for its client to answer the close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Config {
+    addr: String,
+    pid_file: Option<String>,
+    upgrade_timeout: Duration,
+    drain_timeout: Duration,
+}
+
+fn config() -> Result<Config, String> {
+    let flags = args::Flags::parse(&["addr", "pid-file", "upgrade-timeout", "drain-timeout"])?;
+    Ok(Config {
+        addr: flags.text("addr").unwrap_or_else(|| "127.0.0.1:8080".into()),
+        pid_file: flags.text("pid-file"),
+        upgrade_timeout: flags.duration("upgrade-timeout", Duration::from_secs(60))?,
+        drain_timeout: flags.duration("drain-timeout", Duration::from_secs(30))?,
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match config() {
+        Ok(config) => config,
+        Err(problem) => {
+            eprintln!("http-server: {problem}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("http-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), graceful::Error> {
+    let mut builder = graceful::Builder::new().upgrade_timeout(config.upgrade_timeout);
+    if let Some(pid_file) = &config.pid_file {
+        builder = builder.pid_file(pid_file);
+    }
+    let graceful = builder.install()?;
+    let listener = graceful.listen(config.addr.as_str()).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| graceful::Error::io("reading the listener's address", e))?;
+
+    let app = Router::new()
+        .route("/", get(hello))
+        .route("/slow", get(slow))
+        .route("/ws", get(websocket))
+        .with_state(graceful.clone());
+    let server = tokio::spawn(
+        graceful::axum::serve(listener, app)
+            .drain_timeout(config.drain_timeout)
+            .without_ready()
+            .into_future(),
+    );
+    // Serving has started; the previous generation may stop now.
+    graceful.ready()?;
+    let pid = std::process::id();
+    println!(
+        "ready pid={pid} generation={} addr={addr}",
+        graceful.upgrader().generation()
+    );
+    let report = server
+        .await
+        .map_err(|e| graceful::Error::io("the server task failed", std::io::Error::other(e)))??;
+    println!(
+        "exited pid={pid} open_at_start={} abandoned={} outcome={:?}",
+        report.open_at_start, report.abandoned, report.outcome
+    );
+    Ok(())
+}
+
+async fn hello() -> String {
+    format!("hello from {}", std::process::id())
+}
+
+#[derive(serde::Deserialize)]
+struct Slow {
+    ms: u64,
+}
+
+async fn slow(Query(Slow { ms }): Query<Slow>) -> String {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("slow {ms} from {}", std::process::id())
+}
+
+async fn websocket(upgrade: WebSocketUpgrade, State(graceful): State<Graceful>) -> Response {
+    upgrade.on_upgrade(move |socket| echo(socket, graceful))
+}
+
+/// Echoes messages until the client leaves or, once this process is replaced, until the next
+/// message boundary; then closes with 1001 (going away) so the client reconnects.
+async fn echo(mut socket: WebSocket, graceful: Graceful) {
+    let pid = std::process::id();
+    let replaced = graceful.upgrade_requested();
+    tokio::pin!(replaced);
+    loop {
+        tokio::select! {
+            biased;
+            message = socket.recv() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    let reply = Message::Text(format!("{} {pid}", text.as_str()).into());
+                    if socket.send(reply).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Binary(data))) => {
+                    if socket.send(Message::Binary(data)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+            },
+            () = &mut replaced => break,
+        }
+    }
+    let close = CloseFrame {
+        code: axum::extract::ws::close_code::AWAY,
+        reason: "server upgrading; reconnect".into(),
+    };
+    if socket.send(Message::Close(Some(close))).await.is_ok() {
+        // Wait for the client's close reply, briefly, so the connection ends cleanly.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(message)) = socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
