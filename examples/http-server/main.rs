@@ -40,7 +40,9 @@ struct Config {
 fn config() -> Result<Config, String> {
     let flags = args::Flags::parse(&["addr", "pid-file", "upgrade-timeout", "drain-timeout"])?;
     Ok(Config {
-        addr: flags.text("addr").unwrap_or_else(|| "127.0.0.1:8080".into()),
+        addr: flags
+            .text("addr")
+            .unwrap_or_else(|| "127.0.0.1:8080".into()),
         pid_file: flags.text("pid-file"),
         upgrade_timeout: flags.duration("upgrade-timeout", Duration::from_secs(60))?,
         drain_timeout: flags.duration("drain-timeout", Duration::from_secs(30))?,
@@ -51,8 +53,7 @@ fn config() -> Result<Config, String> {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

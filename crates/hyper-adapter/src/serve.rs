@@ -165,7 +165,10 @@ where
             graceful.ready()?;
         }
         if let Err(err) = accepting.await {
-            return Err(Error::io("the accept task failed", std::io::Error::other(err)));
+            return Err(Error::io(
+                "the accept task failed",
+                std::io::Error::other(err),
+            ));
         }
         Ok(graceful.drain(self.drain_timeout).await)
     }
@@ -253,7 +256,9 @@ where
 
     fn call(&self, request: Request<R>) -> Self::Future {
         if request.version() == Version::HTTP_2 {
-            self.seen.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.seen
+                .0
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         self.inner.call(request)
     }

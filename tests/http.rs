@@ -1,0 +1,310 @@
+//! The axum example as a real process, upgraded with SIGHUP while real hyper clients use it.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONNECTION, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{Event, STEP, Server};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_http-server");
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The pid in a `hello from <pid>` or `slow N from <pid>` body.
+fn pid_of(body: &str) -> u32 {
+    body.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+async fn http1(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// A GET on a keep-alive connection: status, whether the server asked to close, body.
+async fn get(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> Result<(StatusCode, bool, String), String> {
+    let request = Request::get(path)
+        .header(HOST, "localhost")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status();
+    let close = response
+        .headers()
+        .get(CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok((status, close, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[test]
+fn a_slow_request_started_before_the_upgrade_completes_on_the_old_process() {
+    let mut server = Server::start(SERVER, &[]);
+    // A plain socket, so that the request has certainly been sent before the upgrade starts.
+    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(STEP)).unwrap();
+    conn.write_all(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let old = server.upgrade();
+
+    let mut reader = BufReader::new(conn);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+    let mut length = 0;
+    let mut close = false;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        let header = header.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(value) = header.strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+        close |= header == "connection: close";
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("slow 1500 from {old}")
+    );
+    assert!(
+        close,
+        "answered after the upgrade, so with Connection: close"
+    );
+    drop(reader);
+    match server.wait_exited(old) {
+        Event::Exited {
+            abandoned, outcome, ..
+        } => assert_eq!((abandoned, outcome.as_str()), (0, "Drained")),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Four keep-alive clients send requests back to back, each on its connection until the server
+/// answers with `Connection: close`, while the server is upgraded three times. Not one request
+/// fails; the clients end up talking to the newest process.
+#[test]
+fn keep_alive_clients_sending_back_to_back_see_no_error_across_upgrades() {
+    let mut server = Server::start(SERVER, &[]);
+    let runtime = runtime();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<u32>();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, seen, addr) = (stop.clone(), seen_tx.clone(), server.addr);
+            runtime.spawn(async move {
+                let mut tally = BTreeMap::<String, u64>::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let mut sender = match http1(addr).await {
+                        Ok(sender) => sender,
+                        Err(err) => {
+                            *tally.entry(err).or_default() += 1;
+                            continue;
+                        }
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        match get(&mut sender, "/").await {
+                            Ok((StatusCode::OK, close, body)) => {
+                                *tally.entry("ok".into()).or_default() += 1;
+                                let _ = seen.send(pid_of(&body));
+                                if close {
+                                    *tally.entry("closed by server".into()).or_default() += 1;
+                                    break;
+                                }
+                            }
+                            Ok((status, ..)) => {
+                                *tally.entry(format!("status {status}")).or_default() += 1;
+                            }
+                            Err(err) => {
+                                *tally.entry(err).or_default() += 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+
+    let wait_answered_by = |pid: u32| {
+        let deadline = std::time::Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match seen_rx.recv_timeout(left) {
+                Ok(seen) if seen == pid => return,
+                Ok(_) => {}
+                Err(_) => panic!("no answer from pid {pid} within {STEP:?}"),
+            }
+        }
+    };
+    wait_answered_by(server.pid);
+    for _ in 0..3 {
+        server.upgrade();
+        wait_answered_by(server.pid);
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    let mut total = BTreeMap::<String, u64>::new();
+    for client in clients {
+        for (outcome, count) in runtime.block_on(client).unwrap() {
+            *total.entry(outcome).or_default() += count;
+        }
+    }
+    let failures: u64 = total
+        .iter()
+        .filter(|(outcome, _)| !matches!(outcome.as_str(), "ok" | "closed by server"))
+        .map(|(_, count)| count)
+        .sum();
+    assert_eq!(failures, 0, "{total:?}");
+    assert!(
+        total.get("closed by server").copied().unwrap_or(0) >= 4,
+        "every client moved at least once: {total:?}"
+    );
+}
+
+#[test]
+fn an_http2_client_gets_goaway_and_its_next_connection_reaches_the_new_process() {
+    let mut server = Server::start(SERVER, &[]);
+    let runtime = runtime();
+    let addr = server.addr;
+    let (mut sender, connection) = runtime.block_on(async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap()
+    });
+    let connection = runtime.spawn(connection);
+    let request = || {
+        Request::get(format!("http://{addr}/"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let body = runtime.block_on(async {
+        let response = sender.send_request(request()).await.unwrap();
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        response.into_body().collect().await.unwrap().to_bytes()
+    });
+    let old = pid_of(&String::from_utf8_lossy(&body));
+    assert_eq!(old, server.pid);
+
+    server.upgrade();
+    // GOAWAY: the connection ends cleanly, not with a reset.
+    let ended = runtime
+        .block_on(async { tokio::time::timeout(STEP, connection).await })
+        .expect("the HTTP/2 connection did not end after the upgrade")
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+
+    let body = runtime.block_on(async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let response = sender.send_request(request()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap().to_bytes()
+    });
+    assert_eq!(pid_of(&String::from_utf8_lossy(&body)), server.pid);
+}
+
+#[test]
+fn a_websocket_is_closed_at_a_message_boundary_and_holds_the_old_process_until_then() {
+    let mut server = Server::start(SERVER, &[]);
+    let runtime = runtime();
+    let url = format!("ws://{}/ws", server.addr);
+    let (mut socket, _) = runtime
+        .block_on(tokio_tungstenite::connect_async(&url))
+        .unwrap();
+    let exchange = |socket: &mut tokio_tungstenite::WebSocketStream<_>, text: &str| {
+        runtime.block_on(async {
+            socket.send(Message::text(text)).await.unwrap();
+            tokio::time::timeout(STEP, socket.next())
+                .await
+                .expect("an answer")
+                .unwrap()
+                .unwrap()
+        })
+    };
+    let old = server.pid;
+    assert_eq!(
+        exchange(&mut socket, "before"),
+        Message::text(format!("before {old}"))
+    );
+
+    server.upgrade();
+    // The next frame is the server's close, going away: no message is cut.
+    let next = runtime.block_on(async { tokio::time::timeout(STEP, socket.next()).await });
+    match next.expect("a frame after the upgrade").unwrap().unwrap() {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // The old process waited for the WebSocket: it is tracked even though it left hyper.
+    drop(socket);
+    match server.wait_exited(old) {
+        Event::Exited {
+            open_at_start,
+            abandoned,
+            outcome,
+            ..
+        } => {
+            assert_eq!(
+                open_at_start, 1,
+                "the WebSocket was still open when draining began"
+            );
+            assert_eq!((abandoned, outcome.as_str()), (0, "Drained"));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let (mut socket, _) = runtime
+        .block_on(tokio_tungstenite::connect_async(&url))
+        .unwrap();
+    assert_eq!(
+        exchange(&mut socket, "after"),
+        Message::text(format!("after {}", server.pid))
+    );
+}
