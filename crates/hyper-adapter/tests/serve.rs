@@ -1,0 +1,55 @@
+//! `graceful_hyper::axum::serve` in one process: it calls `ready()` itself once it serves,
+//! answers requests, and on a stop returns the drain's report.
+#![cfg(unix)]
+
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use graceful_tokio::DrainOutcome;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const STEP: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn serve_reports_ready_serves_and_returns_the_drain_report_on_stop() {
+    let graceful = graceful_tokio::Builder::new()
+        .upgrade_signal(None)
+        .stop_signals([])
+        .install()
+        .unwrap();
+    let listener = graceful_tokio::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    assert!(!graceful.upgrader().is_ready());
+    let server = tokio::spawn(graceful_hyper::axum::serve(listener, app).into_future());
+
+    // The upgrader has no event for readiness, so this waits for the flag, within a bound.
+    let deadline = Instant::now() + STEP;
+    while !graceful.upgrader().is_ready() {
+        assert!(Instant::now() < deadline, "serve did not call ready()");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(STEP, client.read_to_string(&mut response))
+        .await
+        .expect("a response")
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    graceful_tokio::stop();
+    let report = tokio::time::timeout(STEP, server)
+        .await
+        .expect("serve returned after the stop")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.outcome, DrainOutcome::Drained, "{report}");
+    assert_eq!(report.abandoned, 0, "{report}");
+}
