@@ -1,13 +1,14 @@
-//! `graceful_hyper::axum::serve` in one process: it calls `ready()` itself once it serves,
-//! answers requests, and on a stop returns the drain's report.
+//! `graceful_hyper::serve` in one process, with a plain hyper service: it calls `ready()` itself
+//! once it serves, answers requests, and on a stop returns the drain's report.
 #![cfg(unix)]
 
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::get;
 use graceful_tokio::DrainOutcome;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STEP: Duration = Duration::from_secs(10);
@@ -21,9 +22,11 @@ async fn serve_reports_ready_serves_and_returns_the_drain_report_on_stop() {
         .unwrap();
     let listener = graceful_tokio::listen("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = Router::new().route("/", get(|| async { "hello" }));
+    let hello = service_fn(|_: hyper::Request<Incoming>| async {
+        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from("hello"))))
+    });
     assert!(!graceful.upgrader().is_ready());
-    let server = tokio::spawn(graceful_hyper::axum::serve(listener, app).into_future());
+    let server = tokio::spawn(graceful_hyper::serve(listener, hello).into_future());
 
     // The upgrader has no event for readiness, so this waits for the flag, within a bound.
     let deadline = Instant::now() + STEP;
