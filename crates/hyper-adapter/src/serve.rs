@@ -162,7 +162,11 @@ where
             }
         });
         if self.call_ready {
-            graceful.ready()?;
+            if let Err(err) = graceful.ready() {
+                // Not serving after all: the caller gets the error, not a server behind its back.
+                accepting.abort();
+                return Err(err);
+            }
         }
         if let Err(err) = accepting.await {
             return Err(Error::io(
