@@ -308,3 +308,47 @@ fn a_websocket_is_closed_at_a_message_boundary_and_holds_the_old_process_until_t
         Message::text(format!("after {}", server.pid))
     );
 }
+
+/// A connection opened before the upgrade that sends its first request only once the new
+/// process is ready: served (by the old process, which accepted it, or by the new one if it was
+/// still queued), never closed unanswered.
+#[test]
+fn a_connection_opened_before_the_upgrade_is_served_its_first_request() {
+    let mut server = Server::start(SERVER, &[]);
+    let mut conns: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    let old = server.upgrade();
+    // Send only once the old process is winding down, so that its connections have seen the
+    // upgrade before their first request arrives.
+    server.wait_log("upgraded; winding down");
+    for conn in &mut conns {
+        conn.set_read_timeout(Some(STEP)).unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+    }
+    for conn in conns {
+        let mut reader = BufReader::new(conn);
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+        // Served by the old process (which then closes) or by the new one (which keeps the
+        // connection open): read the headers and exactly the body.
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end().to_ascii_lowercase();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(value) = line.strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let pid = pid_of(&String::from_utf8(body).unwrap());
+        assert!(pid == old || pid == server.pid, "answered by {pid}");
+    }
+}
