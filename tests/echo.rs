@@ -194,20 +194,26 @@ fn a_stop_signal_drains_and_exits_without_a_successor() {
     let mut server = Server::start(SERVER, &[]);
     let mut conn = TcpStream::connect(server.addr).unwrap();
     conn.set_read_timeout(Some(STEP)).unwrap();
-    conn.write_all(b"sleep 500\n").unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
     let pid = server.pid;
+    // Served already: a stop leaves connections still in the backlog unaccepted (there is no
+    // successor to take them), so the test must not race the accept.
+    let mut answer = String::new();
+    conn.write_all(b"hello\n").unwrap();
+    reader.read_line(&mut answer).unwrap();
+    conn.write_all(b"sleep 500\n").unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     // The line in progress is answered, then the connection ends cleanly.
-    let mut answer = String::new();
-    let mut reader = BufReader::new(conn);
+    answer.clear();
     reader.read_line(&mut answer).unwrap();
     assert_eq!(answer, format!("sleep 500 {pid}\n"));
     let mut rest = Vec::new();
     assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0);
+    drop((conn, reader));
     match server.wait_exited(pid) {
         Event::Exited {
             abandoned, outcome, ..

@@ -4,7 +4,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,20 +74,10 @@ async fn get(
     Ok((status, close, String::from_utf8_lossy(&body).into_owned()))
 }
 
-#[test]
-fn a_slow_request_started_before_the_upgrade_completes_on_the_old_process() {
-    let mut server = Server::start(SERVER, &[]);
-    // A plain socket, so that the request has certainly been sent before the upgrade starts.
-    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
-    conn.set_read_timeout(Some(STEP)).unwrap();
-    conn.write_all(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let old = server.upgrade();
-
-    let mut reader = BufReader::new(conn);
+/// Reads one HTTP/1.1 response: status line, whether it says `Connection: close`, body.
+fn read_response(reader: &mut impl BufRead) -> (String, bool, String) {
     let mut status = String::new();
     reader.read_line(&mut status).unwrap();
-    assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
     let mut length = 0;
     let mut close = false;
     loop {
@@ -104,15 +94,34 @@ fn a_slow_request_started_before_the_upgrade_completes_on_the_old_process() {
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body).unwrap();
-    assert_eq!(
-        String::from_utf8(body).unwrap(),
-        format!("slow 1500 from {old}")
-    );
+    (status, close, String::from_utf8(body).unwrap())
+}
+
+#[test]
+fn a_slow_request_started_before_the_upgrade_completes_on_the_old_process() {
+    let mut server = Server::start(SERVER, &[]);
+    // A plain socket, so that the request has certainly been sent before the upgrade starts;
+    // a first request makes sure the old process has accepted the connection.
+    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(STEP)).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let (status, close, body) = read_response(&mut reader);
+    assert!(status.starts_with("HTTP/1.1 200") && !close, "{status:?}");
+    assert_eq!(pid_of(&body), server.pid);
+
+    conn.write_all(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let old = server.upgrade();
+    let (status, close, body) = read_response(&mut reader);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+    assert_eq!(body, format!("slow 1500 from {old}"));
     assert!(
         close,
         "answered after the upgrade, so with Connection: close"
     );
-    drop(reader);
+    drop((conn, reader));
     match server.wait_exited(old) {
         Event::Exited {
             abandoned, outcome, ..
@@ -328,27 +337,10 @@ fn a_connection_opened_before_the_upgrade_is_served_its_first_request() {
             .unwrap();
     }
     for conn in conns {
-        let mut reader = BufReader::new(conn);
-        let mut status = String::new();
-        reader.read_line(&mut status).unwrap();
+        let (status, _, body) = read_response(&mut BufReader::new(conn));
         assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
-        // Served by the old process (which then closes) or by the new one (which keeps the
-        // connection open): read the headers and exactly the body.
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let line = line.trim_end().to_ascii_lowercase();
-            if line.is_empty() {
-                break;
-            }
-            if let Some(value) = line.strip_prefix("content-length:") {
-                length = value.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        let pid = pid_of(&String::from_utf8(body).unwrap());
+        // Served by the old process (which then closes) or the new one.
+        let pid = pid_of(&body);
         assert!(pid == old || pid == server.pid, "answered by {pid}");
     }
 }

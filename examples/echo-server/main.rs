@@ -21,6 +21,8 @@
 
 #[path = "../common/args.rs"]
 mod args;
+#[path = "../common/server.rs"]
+mod server;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,84 +32,31 @@ use graceful::{Graceful, TrackedStream};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-const USAGE: &str = "usage: echo-server [--addr 127.0.0.1:7000] [--pid-file PATH] \
-                     [--upgrade-timeout 60s] [--drain-timeout 30s]";
-
 /// How long a connection accepted just before an upgrade may take to send its first line: it
 /// is served, not closed, as its client expects an answer.
 const FIRST_LINE_GRACE: Duration = Duration::from_secs(2);
 /// How long a closing connection waits for its client to close too.
 const LINGER: Duration = Duration::from_secs(2);
 
-struct Config {
-    addr: String,
-    pid_file: Option<String>,
-    upgrade_timeout: Duration,
-    drain_timeout: Duration,
-}
-
-fn config() -> Result<Config, String> {
-    let flags = args::Flags::parse(&["addr", "pid-file", "upgrade-timeout", "drain-timeout"])?;
-    Ok(Config {
-        addr: flags
-            .text("addr")
-            .unwrap_or_else(|| "127.0.0.1:7000".into()),
-        pid_file: flags.text("pid-file"),
-        upgrade_timeout: flags.duration("upgrade-timeout", Duration::from_secs(60))?,
-        drain_timeout: flags.duration("drain-timeout", Duration::from_secs(30))?,
-    })
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = match config() {
-        Ok(config) => config,
-        Err(problem) => {
-            eprintln!("echo-server: {problem}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match serve(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("echo-server: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    server::main("echo-server", "127.0.0.1:7000", serve).await
 }
 
-async fn serve(config: Config) -> Result<(), graceful::Error> {
-    let mut builder = graceful::Builder::new().upgrade_timeout(config.upgrade_timeout);
-    if let Some(pid_file) = &config.pid_file {
-        builder = builder.pid_file(pid_file);
-    }
-    let graceful = builder.install()?;
+async fn serve(config: server::Config) -> Result<(), graceful::Error> {
+    let graceful = config.install()?;
     let mut listener = graceful.listen(config.addr.as_str()).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| graceful::Error::io("reading the listener's address", e))?;
     graceful.ready()?;
-    let pid = std::process::id();
-    println!(
-        "ready pid={pid} generation={} addr={addr}",
-        graceful.upgrader().generation()
-    );
+    server::print_ready(&graceful, addr);
 
     while let Some(conn) = listener.next().await {
         tokio::spawn(echo(conn, graceful.clone()));
     }
 
-    let report = graceful.drain(config.drain_timeout).await;
-    println!(
-        "exited pid={pid} open_at_start={} abandoned={} outcome={:?}",
-        report.open_at_start, report.abandoned, report.outcome
-    );
+    server::print_exited(&graceful.drain(config.drain_timeout).await);
     Ok(())
 }
 

@@ -14,6 +14,8 @@
 
 #[path = "../common/args.rs"]
 mod args;
+#[path = "../common/server.rs"]
+mod server;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,60 +27,16 @@ use axum::response::Response;
 use axum::routing::get;
 use graceful::Graceful;
 
-const USAGE: &str = "usage: http-server [--addr 127.0.0.1:8080] [--pid-file PATH] \
-                     [--upgrade-timeout 60s] [--drain-timeout 30s]";
 /// How long a WebSocket waits for its client to answer the close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-struct Config {
-    addr: String,
-    pid_file: Option<String>,
-    upgrade_timeout: Duration,
-    drain_timeout: Duration,
-}
-
-fn config() -> Result<Config, String> {
-    let flags = args::Flags::parse(&["addr", "pid-file", "upgrade-timeout", "drain-timeout"])?;
-    Ok(Config {
-        addr: flags
-            .text("addr")
-            .unwrap_or_else(|| "127.0.0.1:8080".into()),
-        pid_file: flags.text("pid-file"),
-        upgrade_timeout: flags.duration("upgrade-timeout", Duration::from_secs(60))?,
-        drain_timeout: flags.duration("drain-timeout", Duration::from_secs(30))?,
-    })
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = match config() {
-        Ok(config) => config,
-        Err(problem) => {
-            eprintln!("http-server: {problem}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match serve(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("http-server: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    server::main("http-server", "127.0.0.1:8080", serve).await
 }
 
-async fn serve(config: Config) -> Result<(), graceful::Error> {
-    let mut builder = graceful::Builder::new().upgrade_timeout(config.upgrade_timeout);
-    if let Some(pid_file) = &config.pid_file {
-        builder = builder.pid_file(pid_file);
-    }
-    let graceful = builder.install()?;
+async fn serve(config: server::Config) -> Result<(), graceful::Error> {
+    let graceful = config.install()?;
     let listener = graceful.listen(config.addr.as_str()).await?;
     let addr = listener
         .local_addr()
@@ -89,7 +47,7 @@ async fn serve(config: Config) -> Result<(), graceful::Error> {
         .route("/slow", get(slow))
         .route("/ws", get(websocket))
         .with_state(graceful.clone());
-    let server = tokio::spawn(
+    let running = tokio::spawn(
         graceful::axum::serve(listener, app)
             .drain_timeout(config.drain_timeout)
             .without_ready()
@@ -97,18 +55,11 @@ async fn serve(config: Config) -> Result<(), graceful::Error> {
     );
     // Serving has started; the previous generation may stop now.
     graceful.ready()?;
-    let pid = std::process::id();
-    println!(
-        "ready pid={pid} generation={} addr={addr}",
-        graceful.upgrader().generation()
-    );
-    let report = server
+    server::print_ready(&graceful, addr);
+    let report = running
         .await
         .map_err(|e| graceful::Error::io("the server task failed", std::io::Error::other(e)))??;
-    println!(
-        "exited pid={pid} open_at_start={} abandoned={} outcome={:?}",
-        report.open_at_start, report.abandoned, report.outcome
-    );
+    server::print_exited(&report);
     Ok(())
 }
 
