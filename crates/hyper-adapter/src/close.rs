@@ -7,6 +7,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use graceful_tokio::Graceful;
@@ -14,16 +16,28 @@ use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use pin_project_lite::pin_project;
 
-/// Wraps a hyper service; see the module documentation.
-#[derive(Debug, Clone)]
+/// Wraps a hyper service for one connection; see the module documentation. It also notes
+/// whether the connection speaks HTTP/2, which decides how the connection is wound down.
+#[derive(Debug)]
 pub(crate) struct CloseWhenReplaced<S> {
     inner: S,
     graceful: Graceful,
+    http2: Arc<AtomicBool>,
 }
 
 impl<S> CloseWhenReplaced<S> {
     pub(crate) fn new(inner: S, graceful: Graceful) -> Self {
-        CloseWhenReplaced { inner, graceful }
+        CloseWhenReplaced {
+            inner,
+            graceful,
+            http2: Arc::default(),
+        }
+    }
+
+    /// Whether a request of this connection came over HTTP/2; readable after the service has
+    /// been handed to hyper.
+    pub(crate) fn http2_seen(&self) -> Arc<AtomicBool> {
+        self.http2.clone()
     }
 }
 
@@ -38,6 +52,9 @@ where
     fn call(&self, request: Request<R>) -> Self::Future {
         // HTTP/2 has no Connection header; its connections get GOAWAY instead.
         let http1 = request.version() < Version::HTTP_2;
+        if !http1 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
         CloseFuture {
             inner: self.inner.call(request),
             graceful: http1.then(|| self.graceful.clone()),

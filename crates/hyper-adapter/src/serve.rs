@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graceful_tokio::{Accept, DrainReport, Error, Graceful, Listener, TrackedStream};
-use http::{Request, Response, Version};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -127,54 +127,37 @@ where
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
-    }
-}
-
-impl<L, S, B> Serve<L, S>
-where
-    L: Accept + Send + 'static,
-    L::Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    async fn run(self) -> Result<DrainReport, Error> {
-        let graceful = Graceful::get()?;
-        let connection = Arc::new(ConnectionConfig {
-            builder: self.builder,
-            idle_grace: self.idle_grace,
-            graceful: graceful.clone(),
-        });
-        let mut listener = self.listener;
-        let service = self.service;
-        let accepting = tokio::spawn(async move {
-            while let Some((io, _)) = listener.accept().await {
-                let service = CloseWhenReplaced::new(service.clone(), connection.graceful.clone());
-                tokio::spawn(serve_connection(io, service, connection.clone()));
+        Box::pin(async move {
+            let graceful = Graceful::get()?;
+            let connection = Arc::new(ConnectionConfig {
+                builder: self.builder,
+                idle_grace: self.idle_grace,
+                graceful: graceful.clone(),
+            });
+            let mut listener = self.listener;
+            let service = self.service;
+            let accepting = tokio::spawn(async move {
+                while let Some((io, _)) = listener.accept().await {
+                    let service =
+                        CloseWhenReplaced::new(service.clone(), connection.graceful.clone());
+                    tokio::spawn(serve_connection(io, service, connection.clone()));
+                }
+            });
+            if self.call_ready {
+                if let Err(err) = graceful.ready() {
+                    // Not serving after all: the caller gets the error, not a server behind its back.
+                    accepting.abort();
+                    return Err(err);
+                }
             }
-        });
-        if self.call_ready {
-            if let Err(err) = graceful.ready() {
-                // Not serving after all: the caller gets the error, not a server behind its back.
-                accepting.abort();
-                return Err(err);
+            if let Err(err) = accepting.await {
+                return Err(Error::io(
+                    "the accept task failed",
+                    std::io::Error::other(err),
+                ));
             }
-        }
-        if let Err(err) = accepting.await {
-            return Err(Error::io(
-                "the accept task failed",
-                std::io::Error::other(err),
-            ));
-        }
-        Ok(graceful.drain(self.drain_timeout).await)
+            Ok(graceful.drain(self.drain_timeout).await)
+        })
     }
 }
 
@@ -197,8 +180,7 @@ async fn serve_connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let http2 = Http2Seen::default();
-    let service = http2.watch(service);
+    let http2 = service.http2_seen();
     let connection = config
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -208,7 +190,7 @@ async fn serve_connection<I, S, B>(
         result = connection.as_mut() => return log_end(result),
         () = config.graceful.upgrade_requested() => {}
     }
-    if http2.seen() {
+    if http2.load(std::sync::atomic::Ordering::Relaxed) {
         // GOAWAY: the client sends its next request on a new connection; streams in flight end.
         connection.as_mut().graceful_shutdown();
     } else {
@@ -225,45 +207,5 @@ async fn serve_connection<I, S, B>(
 fn log_end(result: Result<(), BoxError>) {
     if let Err(err) = result {
         tracing::debug!(%err, "connection ended with an error");
-    }
-}
-
-/// Remembers whether a connection speaks HTTP/2, as seen on its requests.
-#[derive(Clone, Default)]
-struct Http2Seen(Arc<std::sync::atomic::AtomicBool>);
-
-impl Http2Seen {
-    fn seen(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn watch<S>(&self, service: S) -> WatchVersion<S> {
-        WatchVersion {
-            inner: service,
-            seen: self.clone(),
-        }
-    }
-}
-
-struct WatchVersion<S> {
-    inner: S,
-    seen: Http2Seen,
-}
-
-impl<S, R> hyper::service::Service<Request<R>> for WatchVersion<S>
-where
-    S: hyper::service::Service<Request<R>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn call(&self, request: Request<R>) -> Self::Future {
-        if request.version() == Version::HTTP_2 {
-            self.seen
-                .0
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.inner.call(request)
     }
 }
