@@ -1,5 +1,6 @@
 //! What the example servers share: their command line, their logging, and the lines each
-//! generation prints on stdout for scripts (`ready pid=… generation=… addr=…`, `exited pid=… …`).
+//! generation prints on stdout for scripts: `ready pid=… generation=… addr=…` once it serves,
+//! `stopped pid=… successor=…` once it stops accepting, and `exited pid=… …` once it has drained.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -77,6 +78,17 @@ pub(crate) fn print_ready(graceful: &graceful::Graceful, addr: impl Display) {
         "ready pid={} generation={} addr={addr}",
         std::process::id(),
         graceful.upgrader().generation()
+    );
+}
+
+/// `stopped pid=… successor=…`, once this generation has stopped accepting: it was replaced by
+/// the successor's pid, or told to stop (`successor=none`).
+pub(crate) fn print_stopped(graceful: &graceful::Graceful) {
+    let successor = graceful.upgrader().successor();
+    println!(
+        "stopped pid={} successor={}",
+        std::process::id(),
+        successor.map_or_else(|| "none".to_owned(), |pid| pid.to_string())
     );
 }
 

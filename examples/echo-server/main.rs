@@ -12,10 +12,12 @@
 //! every connection at that boundary, and exits when they are all closed or at the drain
 //! timeout.
 //!
-//! For scripts, each generation prints one line on stdout when it serves and one when it exits:
+//! For scripts, each generation prints a line on stdout when it serves, when it stops accepting,
+//! and when it exits:
 //!
 //! ```text
 //! ready pid=4242 generation=1 addr=127.0.0.1:7000
+//! stopped pid=4242 successor=4250
 //! exited pid=4242 open_at_start=8 abandoned=0 outcome=Drained
 //! ```
 
@@ -55,6 +57,7 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
     while let Some(conn) = listener.next().await {
         tokio::spawn(echo(conn, graceful.clone()));
     }
+    server::print_stopped(&graceful);
 
     server::print_exited(&graceful.drain(config.drain_timeout).await);
     Ok(())

@@ -10,7 +10,8 @@
 //!   process is replaced, it finishes the message it is on and closes with 1001 (going away).
 //!
 //! `kill -HUP` upgrades it; SIGTERM stops it. Like `echo-server`, each generation prints
-//! `ready pid=… generation=… addr=…` when it serves and `exited pid=… …` when it exits.
+//! `ready pid=… generation=… addr=…` when it serves, `stopped pid=… successor=…` when it stops
+//! accepting and `exited pid=… …` when it exits.
 
 #[path = "../common/args.rs"]
 mod args;
@@ -56,6 +57,12 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
     // Serving has started; the previous generation may stop now.
     graceful.ready()?;
     server::print_ready(&graceful, addr);
+    // The accept task stops on the same signal.
+    let stopping = graceful.clone();
+    tokio::spawn(async move {
+        stopping.upgrade_requested().await;
+        server::print_stopped(&stopping);
+    });
     let report = running
         .await
         .map_err(|e| graceful::Error::io("the server task failed", std::io::Error::other(e)))??;

@@ -1,354 +1,442 @@
-//! `cargo xtask demo`: a live upgrade under load, with a verdict.
+//! `cargo xtask demo`: live upgrades under load, with a verdict.
 //!
-//! Builds the examples in release mode, starts `echo-server` on a free loopback port, drives it
-//! with two `echo-client`s (long-lived connections exchanging lines back to back, and
-//! one-line-per-connection traffic), and sends SIGHUP at a fixed interval. Every upgrade is
-//! awaited: the new generation's `ready` line must appear. At the end the clients report what
-//! they saw; any failed line, or any upgrade that did not complete, makes the demo exit non-zero.
+//! Builds the examples in release mode and runs two phases. In the first, `http-server` serves
+//! the HTTP loads (one request per connection, keep-alive HTTP/1.1 and HTTP/2) all at once; in
+//! the second, `echo-server` serves long-lived line sessions. In each phase the server starts on
+//! a free loopback port, the load runs, and the demo sends SIGHUP at a fixed interval, waiting
+//! for each upgrade to complete: the new generation ready, the old one stopped accepting. Once
+//! the loads have reached the last generation they stop, and every replaced generation must have
+//! drained and exited.
 //!
-//! Everything it starts is in one process group that is killed and reaped at the end; the
-//! demo is a child subreaper so that old generations orphaned by their parents are reaped too.
+//! A live line shows progress. At the end a table gives each mode's requests, reconnects and
+//! failures by kind, and the demo exits non-zero if any request failed, any upgrade did not
+//! complete, or any old generation abandoned a connection.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use tokio::runtime::Runtime;
 
-const LONG_CONNECTIONS: usize = 16;
-const SHORT_CONNECTIONS: usize = 4;
-/// The longest any single step may take before the demo gives up.
-const STEP: Duration = Duration::from_secs(30);
+use crate::load::{Live, Load, Mode, Report, percentile};
+use crate::procs::{self, STEP, Server};
 
 pub(crate) struct Options {
+    pub(crate) modes: Vec<Mode>,
     pub(crate) upgrades: u32,
     pub(crate) interval: Duration,
 }
 
+/// Connections per mode: enough to keep both cores busy without drowning the server.
+pub(crate) fn connections(mode: Mode) -> usize {
+    match mode {
+        Mode::Short => 8,
+        Mode::KeepAlive => 16,
+        Mode::H2 => 8,
+        Mode::Echo => 16,
+    }
+}
+
 pub(crate) fn run(options: &Options) -> Result<bool, String> {
-    let root = workspace_root();
-    println!("building the examples (release)…");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "graceful-examples",
-            "--bins",
-        ])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("building the examples failed".into());
-    }
-    let bin = root.join("target/release");
-    let scratch = std::env::temp_dir().join(format!("graceful-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    become_subreaper();
+    let bin = procs::build_release(&["graceful-examples"])?;
+    let scratch = procs::scratch_dir("demo")?;
+    procs::become_subreaper();
+    let runtime = crate::runtime()?;
 
-    let mut server = Group::start(&bin.join("echo-server"), &scratch)?;
-    let result = drive(&bin, &mut server, options);
-    server.stop();
-    if result.is_err() {
-        eprintln!("server log: {}", scratch.join("server.log").display());
-    } else {
-        let _ = std::fs::remove_dir_all(&scratch);
-    }
-    result
-}
-
-fn drive(bin: &Path, server: &mut Group, options: &Options) -> Result<bool, String> {
-    let first = server.wait_ready(1)?;
-    println!("echo-server ready: pid {} on {}", first.pid, first.addr);
-    let duration = STEP + options.interval * options.upgrades * 2;
-    let mut long = Load::start(bin, &first.addr, "long", LONG_CONNECTIONS, duration)?;
-    let mut short = Load::start(bin, &first.addr, "short", SHORT_CONNECTIONS, duration)?;
-    long.wait_for("started")?;
-    short.wait_for("started")?;
-
-    let live = std::io::stdout().is_terminal();
-    let started = Instant::now();
-    let mut handovers = Vec::new();
-    let mut pid = first.pid;
-    for n in 1..=options.upgrades {
-        std::thread::sleep(options.interval);
-        let signalled = Instant::now();
-        kill(Pid::from_raw(pid as i32), Signal::SIGHUP).map_err(|e| format!("SIGHUP: {e}"))?;
-        let ready = server.wait_ready(u64::from(n) + 1)?;
-        let handover = signalled.elapsed();
-        handovers.push(handover);
-        let progress = format!(
-            "  {:>5.1}s  upgrades {n}/{}  pid {} -> {}  handover {:>6.1} ms",
-            started.elapsed().as_secs_f64(),
+    let http: Vec<Mode> = options
+        .modes
+        .iter()
+        .copied()
+        .filter(|m| m.is_http())
+        .collect();
+    let echo: Vec<Mode> = options
+        .modes
+        .iter()
+        .copied()
+        .filter(|m| !m.is_http())
+        .collect();
+    let mut phases = Vec::new();
+    for (server, modes) in [("http-server", http), ("echo-server", echo)] {
+        if modes.is_empty() {
+            continue;
+        }
+        println!(
+            "\n{server}: {} upgrades, one every {:?}, under {} load",
             options.upgrades,
-            pid,
-            ready.pid,
-            handover.as_secs_f64() * 1e3,
+            options.interval,
+            modes
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(" + ")
         );
-        // A live line on a terminal, a line per upgrade in a log.
-        if live {
-            print!("\r{progress}   ");
-            let _ = std::io::stdout().flush();
-        } else {
-            println!("{progress}");
-        }
-        pid = ready.pid;
+        phases.push(phase(&runtime, &bin, server, &modes, options, &scratch)?);
     }
-    if live {
-        println!();
-    }
-    // Let both loads reach the last generation before stopping them.
-    long.wait_for(&format!("pid {pid}"))?;
-    short.wait_for(&format!("pid {pid}"))?;
-    let long = long.finish()?;
-    let short = short.finish()?;
-    let elapsed = started.elapsed();
 
-    handovers.sort();
-    let median = handovers[handovers.len() / 2];
-    let max = handovers[handovers.len() - 1];
-    println!();
-    println!("| load | connections | lines answered | clean reconnects | failed |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    for (name, connections, summary) in [
-        ("long-lived", LONG_CONNECTIONS, &long),
-        ("one line per connection", SHORT_CONNECTIONS, &short),
-    ] {
-        println!(
-            "| {name} | {connections} | {} | {} | {} |",
-            summary.get("lines"),
-            summary.get("reconnects"),
-            summary.get("errors"),
-        );
-    }
-    println!();
-    let failed = long.get("errors") + short.get("errors");
-    println!(
-        "{} upgrades in {:.1} s; handover (SIGHUP sent -> new generation ready): median {:.1} ms, max {:.1} ms",
-        options.upgrades,
-        elapsed.as_secs_f64(),
-        median.as_secs_f64() * 1e3,
-        max.as_secs_f64() * 1e3,
-    );
-    if failed == 0 {
-        println!(
-            "PASS: 0 failed lines out of {} across {} upgrades",
-            long.get("lines") + short.get("lines"),
-            options.upgrades
-        );
+    let passed = summarize(&phases, options);
+    if passed {
+        let _ = std::fs::remove_dir_all(&scratch);
     } else {
-        println!("FAIL: {failed} failed lines; by kind:");
-        for summary in [&long, &short] {
-            println!("  {}", summary.line);
+        println!("logs: {}", scratch.display());
+    }
+    Ok(passed)
+}
+
+/// One upgrade as the demo saw it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Upgrade {
+    pub(crate) signalled: Instant,
+    /// The new generation printed `ready`.
+    pub(crate) ready: Instant,
+    /// The old generation printed `stopped`: it no longer accepts.
+    pub(crate) stopped: Instant,
+}
+
+impl Upgrade {
+    /// SIGHUP sent → new generation ready.
+    pub(crate) fn handover(&self) -> Duration {
+        self.ready.duration_since(self.signalled)
+    }
+
+    /// New generation ready → old generation stopped accepting.
+    pub(crate) fn stop_delay(&self) -> Duration {
+        self.stopped.saturating_duration_since(self.ready)
+    }
+}
+
+/// How a replaced generation ended.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    pub(crate) abandoned: u64,
+    pub(crate) outcome: String,
+}
+
+/// What one server and its loads went through.
+#[derive(Debug)]
+pub(crate) struct Phase {
+    pub(crate) server: &'static str,
+    pub(crate) reports: Vec<Report>,
+    pub(crate) upgrades: Vec<Upgrade>,
+    pub(crate) exits: Vec<Exit>,
+    pub(crate) elapsed: Duration,
+}
+
+fn phase(
+    runtime: &Runtime,
+    bin: &Path,
+    server: &'static str,
+    modes: &[Mode],
+    options: &Options,
+    scratch: &Path,
+) -> Result<Phase, String> {
+    let pid_file = scratch.join(format!("{server}.pid"));
+    let args = [
+        "--addr",
+        "127.0.0.1:0",
+        "--drain-timeout",
+        "10s",
+        "--pid-file",
+        pid_file.to_str().ok_or("the scratch path is not UTF-8")?,
+    ];
+    let process = Server::start(
+        &bin.join(server),
+        &args,
+        &scratch.join(format!("{server}.log")),
+    )?;
+    let loads: Vec<(Mode, usize)> = modes.iter().map(|m| (*m, connections(*m))).collect();
+    let result = under_upgrades(
+        runtime,
+        &process,
+        &loads,
+        options.upgrades,
+        options.interval,
+    );
+    process.stop();
+    let (reports, upgrades, exits, elapsed) = result?;
+    Ok(Phase {
+        server,
+        reports,
+        upgrades,
+        exits,
+        elapsed,
+    })
+}
+
+type Run = (Vec<Report>, Vec<Upgrade>, Vec<Exit>, Duration);
+
+/// Runs `loads` against a started server while upgrading it `upgrades` times, one every
+/// `interval`; returns once the loads have reached the last generation and every replaced
+/// generation has exited.
+pub(crate) fn under_upgrades(
+    runtime: &Runtime,
+    server: &Server,
+    loads: &[(Mode, usize)],
+    upgrades: u32,
+    interval: Duration,
+) -> Result<Run, String> {
+    let first = server.wait_ready(1)?;
+    let started = Instant::now();
+    let loads: Vec<Load> = loads
+        .iter()
+        .map(|(mode, n)| Load::start(runtime, *mode, first.get("addr"), *n))
+        .collect();
+    let result = upgrade_loop(server, &loads, first.pid(), upgrades, interval);
+    let reports = loads.into_iter().map(|l| l.finish(runtime)).collect();
+    let (upgrade_list, exits) = result?;
+    Ok((reports, upgrade_list, exits, started.elapsed()))
+}
+
+fn upgrade_loop(
+    server: &Server,
+    loads: &[Load],
+    mut pid: u32,
+    upgrades: u32,
+    interval: Duration,
+) -> Result<(Vec<Upgrade>, Vec<Exit>), String> {
+    for load in loads {
+        wait_until(
+            &format!("the {} load's first answer", load.mode().name()),
+            || load.live().requests.load(Ordering::Relaxed) > 0,
+        )?;
+    }
+    let progress = Progress::start(loads, upgrades);
+    let mut done = Vec::new();
+    let mut replaced = Vec::new();
+    for n in 1..=upgrades {
+        std::thread::sleep(interval);
+        let signalled = Instant::now();
+        Server::signal(pid, Signal::SIGHUP)?;
+        let ready = server.wait_ready(u64::from(n) + 1)?;
+        let stopped = server.wait_line_of("stopped", pid)?;
+        done.push(Upgrade {
+            signalled,
+            ready: ready.at,
+            stopped: stopped.at,
+        });
+        replaced.push(pid);
+        pid = ready.pid();
+        progress.upgraded(n, pid);
+    }
+    // Every load must be answered by the last generation before it stops.
+    for load in loads {
+        wait_until(
+            &format!("the {} load to reach pid {pid}", load.mode().name()),
+            || load.live().pid.load(Ordering::Relaxed) == pid,
+        )?;
+    }
+    progress.finish();
+    let mut exits = Vec::new();
+    for old in replaced {
+        let exited = server.wait_line_of("exited", old)?;
+        exits.push(Exit {
+            abandoned: exited.get("abandoned").parse().unwrap_or(u64::MAX),
+            outcome: exited.get("outcome").to_owned(),
+        });
+    }
+    Ok((done, exits))
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + STEP;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(format!("gave up waiting {STEP:?} for {what}"));
         }
+        std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(failed == 0)
+    Ok(())
 }
 
-struct Ready {
-    pid: u32,
-    addr: String,
+/// The live line: `12.3s  upgrades 23/50  pid 4242  requests 1234567  reconnects 345  failed 0`.
+/// Rewritten in place on a terminal, printed once a second otherwise.
+struct Progress {
+    done: Arc<AtomicBool>,
+    upgraded: Arc<(AtomicU32, AtomicU32)>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The server and every generation it upgrades into, in one process group.
-struct Group {
-    leader: Child,
-    lines: Receiver<String>,
-}
-
-impl Group {
-    fn start(binary: &Path, scratch: &Path) -> Result<Group, String> {
-        let log = std::fs::File::create(scratch.join("server.log")).map_err(|e| e.to_string())?;
-        let mut leader = Command::new(binary)
-            .args([
-                "--addr",
-                "127.0.0.1:0",
-                "--drain-timeout",
-                "10s",
-                "--pid-file",
-            ])
-            .arg(scratch.join("server.pid"))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let lines = read_lines(leader.stdout.take().expect("piped"));
-        Ok(Group { leader, lines })
-    }
-
-    fn wait_ready(&mut self, generation: u64) -> Result<Ready, String> {
-        let line = wait_line(
-            &self.lines,
-            &format!("generation {generation} ready"),
-            |l| l.starts_with("ready ") && l.contains(&format!(" generation={generation} ")),
-        )?;
-        let fields = fields(&line);
-        Ok(Ready {
-            pid: fields["pid"]
-                .parse()
-                .map_err(|_| format!("bad line {line:?}"))?,
-            addr: fields["addr"].clone(),
-        })
-    }
-
-    /// SIGTERM to the whole group, then SIGKILL to whatever is left, and reap everything.
-    fn stop(&mut self) {
-        let group = Pid::from_raw(self.leader.id() as i32);
-        let _ = killpg(group, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && reap_one(group.as_raw()) {}
-        let _ = killpg(group, Signal::SIGKILL);
-        while reap_one(group.as_raw()) {}
-        let _ = self.leader.try_wait();
-    }
-}
-
-/// One `echo-client` run.
-struct Load {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-struct Summary {
-    line: String,
-    fields: HashMap<String, String>,
-}
-
-impl Summary {
-    fn get(&self, key: &str) -> u64 {
-        self.fields
-            .get(key)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Load {
-    fn start(
-        bin: &Path,
-        addr: &str,
-        mode: &str,
-        connections: usize,
-        duration: Duration,
-    ) -> Result<Load, String> {
-        let mut child = Command::new(bin.join("echo-client"))
-            .args(["--addr", addr, "--mode", mode])
-            .arg("--connections")
-            .arg(connections.to_string())
-            .arg("--duration")
-            .arg(format!("{}ms", duration.as_millis()))
-            // Bounded by the duration; the line budget must not end the load first.
-            .args(["--max-lines", "1000000000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start echo-client: {e}"))?;
-        let lines = read_lines(child.stdout.take().expect("piped"));
-        Ok(Load { child, lines })
-    }
-
-    fn wait_for(&mut self, expected: &str) -> Result<(), String> {
-        let line = wait_line(
-            &self.lines,
-            &format!("the client to print {expected:?}"),
-            |l| l == expected || l.starts_with("lines="),
-        )?;
-        if line == expected {
-            Ok(())
+impl Progress {
+    fn start(loads: &[Load], upgrades: u32) -> Progress {
+        let done = Arc::new(AtomicBool::new(false));
+        let upgraded = Arc::new((AtomicU32::new(0), AtomicU32::new(0)));
+        let counters: Vec<_> = loads.iter().map(|l| l.live().clone()).collect();
+        let terminal = std::io::stdout().is_terminal();
+        let period = if terminal {
+            Duration::from_millis(200)
         } else {
-            Err(format!(
-                "the client ended before printing {expected:?}: {line}"
-            ))
+            Duration::from_secs(1)
+        };
+        let started = Instant::now();
+        let thread = {
+            let (done, upgraded) = (done.clone(), upgraded.clone());
+            std::thread::spawn(move || {
+                let mut last = false;
+                while !last {
+                    last = done.load(Ordering::Relaxed);
+                    let sum = |f: fn(&Live) -> &AtomicU64| {
+                        counters
+                            .iter()
+                            .map(|c| f(c).load(Ordering::Relaxed))
+                            .sum::<u64>()
+                    };
+                    let line = format!(
+                        "  {:>6.1}s  upgrades {}/{upgrades}  pid {}  requests {}  reconnects {}  failed {}",
+                        started.elapsed().as_secs_f64(),
+                        upgraded.0.load(Ordering::Relaxed),
+                        upgraded.1.load(Ordering::Relaxed),
+                        sum(|c| &c.requests),
+                        sum(|c| &c.reconnects),
+                        sum(|c| &c.failures),
+                    );
+                    if terminal {
+                        print!("\r{line}   ");
+                        let _ = std::io::stdout().flush();
+                    } else {
+                        println!("{line}");
+                    }
+                    if !last {
+                        std::thread::park_timeout(period);
+                    }
+                }
+                if terminal {
+                    println!();
+                }
+            })
+        };
+        Progress {
+            done,
+            upgraded,
+            thread: Some(thread),
         }
     }
 
-    fn finish(mut self) -> Result<Summary, String> {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
-        let line = wait_line(&self.lines, "the client's summary", |l| {
-            l.starts_with("lines=")
-        })?;
-        let _ = self.child.wait();
-        Ok(Summary {
-            fields: fields(&line),
-            line,
-        })
+    fn upgraded(&self, n: u32, pid: u32) {
+        self.upgraded.0.store(n, Ordering::Relaxed);
+        self.upgraded.1.store(pid, Ordering::Relaxed);
+    }
+
+    fn finish(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
     }
 }
 
-impl Drop for Load {
+impl Drop for Progress {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
-fn read_lines(stdout: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+/// Prints the table and the verdict; true when nothing failed.
+fn summarize(phases: &[Phase], options: &Options) -> bool {
+    println!();
+    println!(
+        "| mode | connections | requests | reconnects | failed | generations answering | latency p50 / p99 / max |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    for report in phases.iter().flat_map(|p| &p.reports) {
+        let mut latencies: Vec<u64> = report.samples.iter().map(|s| s.latency_us).collect();
+        latencies.sort_unstable();
+        println!(
+            "| {} ({}) | {} | {} | {} | {} | {} | {} / {} / {} |",
+            report.mode.name(),
+            report.mode.describe(),
+            report.connections,
+            report.requests(),
+            report.reconnects,
+            report.failed(),
+            report.pids.len(),
+            micros(percentile(&latencies, 50.0)),
+            micros(percentile(&latencies, 99.0)),
+            micros(latencies.last().copied().unwrap_or(0)),
+        );
+    }
+    println!();
+
+    let mut passed = true;
+    for phase in phases {
+        let mut handovers: Vec<u64> = phase
+            .upgrades
+            .iter()
+            .map(|u| u.handover().as_micros() as u64)
+            .collect();
+        handovers.sort_unstable();
+        let mut stops: Vec<u64> = phase
+            .upgrades
+            .iter()
+            .map(|u| u.stop_delay().as_micros() as u64)
+            .collect();
+        stops.sort_unstable();
+        let drained = phase
+            .exits
+            .iter()
+            .filter(|e| e.outcome == "Drained" && e.abandoned == 0)
+            .count();
+        println!(
+            "{}: {} upgrades in {:.1} s. SIGHUP → new generation ready: median {}, max {}; \
+             → old one stopped accepting: median {} later. Replaced generations drained with \
+             nothing abandoned: {}/{}.",
+            phase.server,
+            phase.upgrades.len(),
+            phase.elapsed.as_secs_f64(),
+            micros(percentile(&handovers, 50.0)),
+            micros(handovers.last().copied().unwrap_or(0)),
+            micros(percentile(&stops, 50.0)),
+            drained,
+            phase.exits.len(),
+        );
+        if drained != phase.exits.len() {
+            passed = false;
+            for exit in phase.exits.iter().filter(|e| e.abandoned > 0) {
+                println!(
+                    "  a replaced generation abandoned {} connections ({})",
+                    exit.abandoned, exit.outcome
+                );
             }
         }
-    });
-    rx
-}
+    }
 
-fn wait_line(
-    lines: &Receiver<String>,
-    what: &str,
-    matches: impl Fn(&str) -> bool,
-) -> Result<String, String> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if matches(&line) => return Ok(line),
-            Ok(_) => {}
-            Err(_) => return Err(format!("gave up waiting {STEP:?} for {what}")),
+    let reports: Vec<&Report> = phases.iter().flat_map(|p| &p.reports).collect();
+    let failed: u64 = reports.iter().map(|r| r.failed()).sum();
+    let requests: u64 = reports.iter().map(|r| r.requests()).sum();
+    let modes: Vec<&str> = reports.iter().map(|r| r.mode.name()).collect();
+    println!();
+    if failed == 0 && passed {
+        println!(
+            "PASS: 0 failed requests out of {requests} across {} upgrades per mode ({}).",
+            options.upgrades,
+            modes.join(", ")
+        );
+        true
+    } else {
+        println!("FAIL: {failed} failed requests out of {requests}.");
+        for report in reports.iter().filter(|r| r.failed() > 0) {
+            println!("  {}: {}", report.mode.name(), report.failures_by_kind());
+            for example in &report.examples {
+                println!("    {example}");
+            }
         }
+        false
     }
 }
 
-fn fields(line: &str) -> HashMap<String, String> {
-    line.split(' ')
-        .filter_map(|f| f.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-/// Reaps one process of the group if one has ended; false when none is left.
-fn reap_one(pgid: i32) -> bool {
-    let mut status = 0;
-    // SAFETY: waitpid writes into a local.
-    let pid = unsafe { nix::libc::waitpid(-pgid, &mut status, nix::libc::WNOHANG) };
-    if pid == 0 {
-        std::thread::sleep(Duration::from_millis(10));
+/// `812 µs`, `13.3 ms` or `1.20 s`.
+pub(crate) fn micros(us: u64) -> String {
+    if us < 1_000 {
+        format!("{us} µs")
+    } else if us < 1_000_000 {
+        format!("{:.1} ms", us as f64 / 1e3)
+    } else {
+        format!("{:.2} s", us as f64 / 1e6)
     }
-    pid >= 0
-}
-
-fn become_subreaper() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl with integer arguments.
-    unsafe {
-        nix::libc::prctl(nix::libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits in the workspace")
-        .to_owned()
 }

@@ -1,60 +1,93 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
-//! - `demo [--upgrades 50] [--interval 300ms]`: a live upgrade of the echo example under load;
-//!   exits non-zero if any line failed or any upgrade did not complete.
+//! - `demo [--mode all|short|keep-alive|h2|echo] [--upgrades 50] [--interval 300ms]`: live
+//!   upgrades of the example servers under load; exits non-zero if any request failed or any
+//!   upgrade did not complete.
 
 mod demo;
+mod load;
+mod procs;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: cargo xtask demo [--upgrades 50] [--interval 300ms]";
+use load::Mode;
+
+const USAGE: &str = "usage: cargo xtask demo [--mode all|short|keep-alive|h2|echo] \
+                     [--upgrades 50] [--interval 300ms]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("demo") => match demo_options(args) {
-            Ok(options) => match demo::run(&options) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(problem) => {
-                    eprintln!("demo: {problem}");
-                    ExitCode::FAILURE
-                }
-            },
-            Err(problem) => {
-                eprintln!("{problem}\n{USAGE}");
-                ExitCode::from(2)
+    let outcome = match args.next().as_deref() {
+        Some("demo") => demo_options(args).map(|options| demo::run(&options)),
+        _ => Err(String::new()),
+    };
+    match outcome {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => ExitCode::FAILURE,
+        Ok(Err(problem)) => {
+            eprintln!("xtask: {problem}");
+            ExitCode::FAILURE
+        }
+        Err(problem) => {
+            if !problem.is_empty() {
+                eprintln!("{problem}");
             }
-        },
-        _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
         }
     }
 }
 
+/// The load generator's runtime: one worker thread per core, as a real client would have.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the load generator's runtime: {e}"))
+}
+
 fn demo_options(mut args: impl Iterator<Item = String>) -> Result<demo::Options, String> {
     let mut options = demo::Options {
+        modes: Mode::ALL.to_vec(),
         upgrades: 50,
         interval: Duration::from_millis(300),
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--upgrades" => {
-                options.upgrades = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("--upgrades {value:?} is not a positive number"))?;
-            }
-            "--interval" => {
-                options.interval = humantime::parse_duration(&value)
-                    .map_err(|e| format!("--interval {value:?}: {e}"))?;
-            }
+            "--mode" => options.modes = modes(&value)?,
+            "--upgrades" => options.upgrades = positive(&flag, &value)?,
+            "--interval" => options.interval = duration(&flag, &value)?,
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
     Ok(options)
+}
+
+/// `all`, or modes separated by commas.
+fn modes(value: &str) -> Result<Vec<Mode>, String> {
+    if value == "all" {
+        return Ok(Mode::ALL.to_vec());
+    }
+    value
+        .split(',')
+        .map(|name| {
+            Mode::parse(name).ok_or_else(|| {
+                format!("--mode {name:?} is not one of all, short, keep-alive, h2, echo")
+            })
+        })
+        .collect()
+}
+
+fn positive(flag: &str, value: &str) -> Result<u32, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{flag} {value:?} is not a positive number"))
+}
+
+fn duration(flag: &str, value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("{flag} {value:?}: {e}"))
 }

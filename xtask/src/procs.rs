@@ -1,0 +1,200 @@
+//! The processes a task starts: building the binaries, a server and every generation it
+//! upgrades into, and the lines they print.
+//!
+//! A server runs in its own process group, so that stopping it stops every generation; xtask is
+//! a child subreaper, so that old generations orphaned by their parents are reaped by it. Each
+//! line a server prints on stdout is kept with the instant it was read, which is what handover
+//! times are measured from.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+/// The longest any single step (a build aside) may take before a task gives up.
+pub(crate) const STEP: Duration = Duration::from_secs(30);
+
+/// Builds the given packages' binaries in release mode; returns the directory holding them.
+pub(crate) fn build_release(packages: &[&str]) -> Result<PathBuf, String> {
+    let root = workspace_root();
+    println!("building {} (release)…", packages.join(", "));
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(&root)
+        .args(["build", "--release", "--quiet", "--bins"]);
+    for package in packages {
+        cargo.args(["-p", package]);
+    }
+    let status = cargo
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building {} failed", packages.join(", ")));
+    }
+    Ok(root.join("target/release"))
+}
+
+/// A line a server printed, such as `ready pid=4242 generation=1 addr=127.0.0.1:7000`, and when
+/// it was read.
+#[derive(Clone, Debug)]
+pub(crate) struct Line {
+    pub(crate) at: Instant,
+    pub(crate) kind: String,
+    pub(crate) fields: HashMap<String, String>,
+}
+
+impl Line {
+    fn parse(at: Instant, text: &str) -> Line {
+        let mut words = text.split(' ');
+        let kind = words.next().unwrap_or_default().to_owned();
+        let fields = words
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Line { at, kind, fields }
+    }
+
+    pub(crate) fn get(&self, key: &str) -> &str {
+        self.fields.get(key).map_or("", String::as_str)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.get("pid").parse().unwrap_or(0)
+    }
+}
+
+/// A server and every generation it upgrades into, in one process group.
+#[derive(Debug)]
+pub(crate) struct Server {
+    leader: Child,
+    lines: Arc<(Mutex<Vec<Line>>, Condvar)>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `binary` with `args`, its stderr going to `log`.
+    pub(crate) fn start(binary: &Path, args: &[&str], log: &Path) -> Result<Server, String> {
+        let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let mut leader = Command::new(binary)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let stdout = leader.stdout.take().expect("stdout is piped");
+        let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let shared = lines.clone();
+        std::thread::spawn(move || {
+            for text in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let line = Line::parse(Instant::now(), &text);
+                let (list, changed) = &*shared;
+                list.lock().unwrap().push(line);
+                changed.notify_all();
+            }
+        });
+        Ok(Server {
+            leader,
+            lines,
+            log: log.to_owned(),
+        })
+    }
+
+    /// The first line that matches, waiting up to [`STEP`] for it.
+    pub(crate) fn wait_for(
+        &self,
+        what: &str,
+        matches: impl Fn(&Line) -> bool,
+    ) -> Result<Line, String> {
+        let deadline = Instant::now() + STEP;
+        let (list, changed) = &*self.lines;
+        let mut lines = list.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|l| matches(l)) {
+                return Ok(line.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "gave up waiting {STEP:?} for {what}; the server's log is {}",
+                    self.log.display()
+                ));
+            }
+            lines = changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// The `ready` line of a generation.
+    pub(crate) fn wait_ready(&self, generation: u64) -> Result<Line, String> {
+        let wanted = generation.to_string();
+        self.wait_for(&format!("generation {generation} to be ready"), |l| {
+            l.kind == "ready" && l.get("generation") == wanted
+        })
+    }
+
+    /// A line of `kind` (`stopped`, `exited`) from the process `pid`.
+    pub(crate) fn wait_line_of(&self, kind: &str, pid: u32) -> Result<Line, String> {
+        self.wait_for(&format!("pid {pid} to print {kind:?}"), |l| {
+            l.kind == kind && l.pid() == pid
+        })
+    }
+
+    /// Sends `signal` to one generation.
+    pub(crate) fn signal(pid: u32, signal: Signal) -> Result<(), String> {
+        kill(Pid::from_raw(pid as i32), signal).map_err(|e| format!("{signal} to {pid}: {e}"))
+    }
+
+    /// SIGTERM to the whole group, then SIGKILL to whatever is left after 10 s, and reaps
+    /// everything.
+    pub(crate) fn stop(mut self) {
+        let group = self.leader.id() as i32;
+        let _ = killpg(Pid::from_raw(group), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && reap_one(group) {}
+        let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+        while reap_one(group) {}
+        let _ = self.leader.try_wait();
+    }
+}
+
+/// Reaps one process of the group if one has ended; false when none is left.
+fn reap_one(pgid: i32) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid writes into a local.
+    let pid = unsafe { nix::libc::waitpid(-pgid, &mut status, nix::libc::WNOHANG) };
+    if pid == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pid >= 0
+}
+
+/// Makes this process the reaper of its orphaned descendants: an old generation whose parent
+/// has exited becomes our child, and [`Server::stop`] reaps it.
+pub(crate) fn become_subreaper() {
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        nix::libc::prctl(nix::libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// A directory for logs and PID files, removed by the caller once the task succeeds.
+pub(crate) fn scratch_dir(task: &str) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("graceful-{task}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
+}
