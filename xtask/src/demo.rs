@@ -116,12 +116,17 @@ pub(crate) struct Exit {
 
 /// What one server and its loads went through.
 #[derive(Debug)]
-pub(crate) struct Phase {
-    pub(crate) server: &'static str,
+pub(crate) struct Run {
     pub(crate) reports: Vec<Report>,
     pub(crate) upgrades: Vec<Upgrade>,
     pub(crate) exits: Vec<Exit>,
     pub(crate) elapsed: Duration,
+}
+
+#[derive(Debug)]
+struct Phase {
+    server: &'static str,
+    run: Run,
 }
 
 fn phase(
@@ -147,35 +152,28 @@ fn phase(
         &scratch.join(format!("{server}.log")),
     )?;
     let loads: Vec<(Mode, usize)> = modes.iter().map(|m| (*m, connections(*m))).collect();
-    let result = under_upgrades(
+    let run = under_upgrades(
         runtime,
         &process,
         &loads,
         options.upgrades,
         options.interval,
+        true,
     );
     process.stop();
-    let (reports, upgrades, exits, elapsed) = result?;
-    Ok(Phase {
-        server,
-        reports,
-        upgrades,
-        exits,
-        elapsed,
-    })
+    Ok(Phase { server, run: run? })
 }
-
-type Run = (Vec<Report>, Vec<Upgrade>, Vec<Exit>, Duration);
 
 /// Runs `loads` against a started server while upgrading it `upgrades` times, one every
 /// `interval`; returns once the loads have reached the last generation and every replaced
-/// generation has exited.
+/// generation has exited. With `progress`, shows the live line on stdout.
 pub(crate) fn under_upgrades(
     runtime: &Runtime,
     server: &Server,
     loads: &[(Mode, usize)],
     upgrades: u32,
     interval: Duration,
+    progress: bool,
 ) -> Result<Run, String> {
     let first = server.wait_ready(1)?;
     let started = Instant::now();
@@ -183,10 +181,15 @@ pub(crate) fn under_upgrades(
         .iter()
         .map(|(mode, n)| Load::start(runtime, *mode, first.get("addr"), *n))
         .collect();
-    let result = upgrade_loop(server, &loads, first.pid(), upgrades, interval);
+    let result = upgrade_loop(server, &loads, first.pid(), upgrades, interval, progress);
     let reports = loads.into_iter().map(|l| l.finish(runtime)).collect();
-    let (upgrade_list, exits) = result?;
-    Ok((reports, upgrade_list, exits, started.elapsed()))
+    let (upgrades, exits) = result?;
+    Ok(Run {
+        reports,
+        upgrades,
+        exits,
+        elapsed: started.elapsed(),
+    })
 }
 
 fn upgrade_loop(
@@ -195,6 +198,7 @@ fn upgrade_loop(
     mut pid: u32,
     upgrades: u32,
     interval: Duration,
+    progress: bool,
 ) -> Result<(Vec<Upgrade>, Vec<Exit>), String> {
     for load in loads {
         wait_until(
@@ -202,7 +206,7 @@ fn upgrade_loop(
             || load.live().requests.load(Ordering::Relaxed) > 0,
         )?;
     }
-    let progress = Progress::start(loads, upgrades);
+    let progress = progress.then(|| Progress::start(loads, upgrades));
     let mut done = Vec::new();
     let mut replaced = Vec::new();
     for n in 1..=upgrades {
@@ -218,7 +222,9 @@ fn upgrade_loop(
         });
         replaced.push(pid);
         pid = ready.pid();
-        progress.upgraded(n, pid);
+        if let Some(progress) = &progress {
+            progress.upgraded(n, pid);
+        }
     }
     // Every load must be answered by the last generation before it stops.
     for load in loads {
@@ -227,7 +233,7 @@ fn upgrade_loop(
             || load.live().pid.load(Ordering::Relaxed) == pid,
         )?;
     }
-    progress.finish();
+    drop(progress);
     let mut exits = Vec::new();
     for old in replaced {
         let exited = server.wait_line_of("exited", old)?;
@@ -318,10 +324,6 @@ impl Progress {
         self.upgraded.1.store(pid, Ordering::Relaxed);
     }
 
-    fn finish(mut self) {
-        self.stop();
-    }
-
     fn stop(&mut self) {
         self.done.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
@@ -344,7 +346,7 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
         "| mode | connections | requests | reconnects | failed | generations answering | latency p50 / p99 / max |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
-    for report in phases.iter().flat_map(|p| &p.reports) {
+    for report in phases.iter().flat_map(|p| &p.run.reports) {
         let mut latencies: Vec<u64> = report.samples.iter().map(|s| s.latency_us).collect();
         latencies.sort_unstable();
         println!(
@@ -364,20 +366,20 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
     println!();
 
     let mut passed = true;
-    for phase in phases {
-        let mut handovers: Vec<u64> = phase
+    for Phase { server, run } in phases {
+        let mut handovers: Vec<u64> = run
             .upgrades
             .iter()
             .map(|u| u.handover().as_micros() as u64)
             .collect();
         handovers.sort_unstable();
-        let mut stops: Vec<u64> = phase
+        let mut stops: Vec<u64> = run
             .upgrades
             .iter()
             .map(|u| u.stop_delay().as_micros() as u64)
             .collect();
         stops.sort_unstable();
-        let drained = phase
+        let drained = run
             .exits
             .iter()
             .filter(|e| e.outcome == "Drained" && e.abandoned == 0)
@@ -386,18 +388,18 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
             "{}: {} upgrades in {:.1} s. SIGHUP → new generation ready: median {}, max {}; \
              → old one stopped accepting: median {} later. Replaced generations drained with \
              nothing abandoned: {}/{}.",
-            phase.server,
-            phase.upgrades.len(),
-            phase.elapsed.as_secs_f64(),
+            server,
+            run.upgrades.len(),
+            run.elapsed.as_secs_f64(),
             micros(percentile(&handovers, 50.0)),
             micros(handovers.last().copied().unwrap_or(0)),
             micros(percentile(&stops, 50.0)),
             drained,
-            phase.exits.len(),
+            run.exits.len(),
         );
-        if drained != phase.exits.len() {
+        if drained != run.exits.len() {
             passed = false;
-            for exit in phase.exits.iter().filter(|e| e.abandoned > 0) {
+            for exit in run.exits.iter().filter(|e| e.abandoned > 0) {
                 println!(
                     "  a replaced generation abandoned {} connections ({})",
                     exit.abandoned, exit.outcome
@@ -406,7 +408,7 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
         }
     }
 
-    let reports: Vec<&Report> = phases.iter().flat_map(|p| &p.reports).collect();
+    let reports: Vec<&Report> = phases.iter().flat_map(|p| &p.run.reports).collect();
     let failed: u64 = reports.iter().map(|r| r.failed()).sum();
     let requests: u64 = reports.iter().map(|r| r.requests()).sum();
     let modes: Vec<&str> = reports.iter().map(|r| r.mode.name()).collect();

@@ -3,7 +3,11 @@
 //! - `demo [--mode all|short|keep-alive|h2|echo] [--upgrades 50] [--interval 300ms]`: live
 //!   upgrades of the example servers under load; exits non-zero if any request failed or any
 //!   upgrade did not complete.
+//! - `bench [--duration 5s] [--rounds 3] [--interval 300ms] [--starts 20] [--no-scale] [--json]`:
+//!   throughput with and without upgrades and without graceful, handover latency against a bare
+//!   start, latency inside upgrade windows, and how costs grow; see `bench.rs`.
 
+mod bench;
 mod demo;
 mod load;
 mod procs;
@@ -14,12 +18,15 @@ use std::time::Duration;
 use load::Mode;
 
 const USAGE: &str = "usage: cargo xtask demo [--mode all|short|keep-alive|h2|echo] \
-                     [--upgrades 50] [--interval 300ms]";
+                     [--upgrades 50] [--interval 300ms]\n       \
+                     cargo xtask bench [--duration 5s] [--rounds 3] [--interval 300ms] \
+                     [--starts 20] [--no-scale] [--json]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let outcome = match args.next().as_deref() {
         Some("demo") => demo_options(args).map(|options| demo::run(&options)),
+        Some("bench") => bench_options(args).map(|options| bench::run(&options)),
         _ => Err(String::new()),
     };
     match outcome {
@@ -61,6 +68,37 @@ fn demo_options(mut args: impl Iterator<Item = String>) -> Result<demo::Options,
             "--interval" => options.interval = duration(&flag, &value)?,
             _ => return Err(format!("unknown argument {flag:?}")),
         }
+    }
+    Ok(options)
+}
+
+fn bench_options(mut args: impl Iterator<Item = String>) -> Result<bench::Options, String> {
+    let mut options = bench::Options {
+        duration: Duration::from_secs(5),
+        rounds: 3,
+        interval: Duration::from_millis(300),
+        starts: 20,
+        scale: true,
+        json: false,
+    };
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "--json" => options.json = true,
+            "--no-scale" => options.scale = false,
+            _ => {
+                let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+                match flag.as_str() {
+                    "--duration" => options.duration = duration(&flag, &value)?,
+                    "--rounds" => options.rounds = positive(&flag, &value)?,
+                    "--interval" => options.interval = duration(&flag, &value)?,
+                    "--starts" => options.starts = positive(&flag, &value)?,
+                    _ => return Err(format!("unknown argument {flag:?}")),
+                }
+            }
+        }
+    }
+    if options.interval.is_zero() || options.interval > options.duration {
+        return Err("--interval must be above zero and at most --duration".into());
     }
     Ok(options)
 }

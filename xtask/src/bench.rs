@@ -1,0 +1,554 @@
+//! `cargo xtask bench`: the figures behind every promise, measured in one run.
+//!
+//! - **Throughput.** For each HTTP load (keep-alive, one request per connection), rounds of the
+//!   same fixed-length load against three servers, interleaved so that drift in the machine
+//!   hits all three alike: `plain-http-server` (the same axum app on a plain tokio listener, no
+//!   graceful at all), `http-server` left alone, and `http-server` upgraded every `--interval`.
+//!   The median round of each is compared.
+//! - **Handover.** Every upgrade of those runs, timed from SIGHUP to the new generation's
+//!   `ready` line and on to the old generation's `stopped` line, next to the time the same
+//!   binary takes merely to start, bind and print `ready`.
+//! - **Upgrade windows.** Requests that overlap an upgrade (SIGHUP → old generation stopped
+//!   accepting) against the others: latency percentiles, and the longest gap between two
+//!   completed requests. With one request per connection, a completion is an accepted
+//!   connection, so that gap bounds any pause in accepting.
+//! - **Cost growth.** `scale-probe all` (from `benches/`): upgrade time with 1, 100 and 1000
+//!   inherited sockets, drain time with 1k and 10k idle connections, memory per tracked
+//!   connection. Its JSON lines are shown and passed through.
+//!
+//! The targets are checked and each is reported met or missed; the task fails only if a request
+//! failed or a step did not complete. `--json` prints one JSON document on stdout instead of
+//! the tables (progress goes to stderr).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::runtime::Runtime;
+
+use crate::demo::{self, Run, micros};
+use crate::load::{Load, Mode, Report, Sample, percentile};
+use crate::procs::{self, Server};
+
+pub(crate) struct Options {
+    pub(crate) duration: Duration,
+    pub(crate) rounds: u32,
+    pub(crate) interval: Duration,
+    pub(crate) starts: u32,
+    pub(crate) scale: bool,
+    pub(crate) json: bool,
+}
+
+/// The loads whose throughput is compared.
+const MODES: [Mode; 2] = [Mode::KeepAlive, Mode::Short];
+/// The targets, as the README states them.
+const UPGRADING_RATIO_TARGET: f64 = 0.99;
+const ACCEPT_OVERHEAD_TARGET: f64 = 0.02;
+const HANDOVER_OVERHEAD_TARGET: Duration = Duration::from_millis(5);
+
+pub(crate) fn run(options: &Options) -> Result<bool, String> {
+    let bin = procs::build_release(&["graceful-examples", "graceful-benches"])?;
+    let scratch = procs::scratch_dir("bench")?;
+    procs::become_subreaper();
+    let runtime = crate::runtime()?;
+    let bench = Bench {
+        runtime,
+        bin: &bin,
+        scratch: &scratch,
+        options,
+    };
+    let figures = bench.measure()?;
+    if options.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&figures.to_json(options)).expect("serializable")
+        );
+    } else {
+        figures.print(options);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(figures.failed() == 0)
+}
+
+struct Bench<'a> {
+    runtime: Runtime,
+    bin: &'a Path,
+    scratch: &'a Path,
+    options: &'a Options,
+}
+
+/// One load's throughput rounds against the three servers, in requests per second.
+struct Throughput {
+    mode: Mode,
+    plain: Vec<f64>,
+    graceful: Vec<f64>,
+    upgrading: Vec<f64>,
+    /// The upgrading rounds themselves, for the handover and window figures.
+    runs: Vec<Run>,
+    failed: u64,
+    requests: u64,
+}
+
+struct Figures {
+    throughput: Vec<Throughput>,
+    /// Spawn → `ready` line of a fresh `http-server`, in µs.
+    starts: Vec<u64>,
+    scale: Vec<Value>,
+}
+
+impl Bench<'_> {
+    fn say(&self, text: &str) {
+        if self.options.json {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+
+    fn measure(&self) -> Result<Figures, String> {
+        let upgrades =
+            (self.options.duration.as_millis() / self.options.interval.as_millis()).max(1) as u32;
+        let mut throughput = Vec::new();
+        for mode in MODES {
+            let mut t = Throughput {
+                mode,
+                plain: Vec::new(),
+                graceful: Vec::new(),
+                upgrading: Vec::new(),
+                runs: Vec::new(),
+                failed: 0,
+                requests: 0,
+            };
+            for round in 1..=self.options.rounds {
+                let plain = self.steady("plain-http-server", mode)?;
+                let graceful = self.steady("http-server", mode)?;
+                let upgrading = self.upgrading(mode, upgrades)?;
+                let moving = &upgrading.reports[0];
+                self.say(&format!(
+                    "  {} round {round}/{}: plain {:.0} req/s, graceful {:.0}, upgrading {:.0} ({} upgrades)",
+                    mode.name(),
+                    self.options.rounds,
+                    plain.throughput(),
+                    graceful.throughput(),
+                    moving.throughput(),
+                    upgrading.upgrades.len(),
+                ));
+                for report in [&plain, &graceful, moving] {
+                    t.failed += report.failed();
+                    t.requests += report.requests();
+                    for example in &report.examples {
+                        self.say(&format!("    failure: {example}"));
+                    }
+                }
+                t.plain.push(plain.throughput());
+                t.graceful.push(graceful.throughput());
+                t.upgrading.push(moving.throughput());
+                t.runs.push(upgrading);
+            }
+            throughput.push(t);
+        }
+
+        self.say(&format!(
+            "  timing {} bare starts of http-server",
+            self.options.starts
+        ));
+        let mut starts = Vec::new();
+        for n in 0..self.options.starts {
+            let log = self.scratch.join(format!("start-{n}.log"));
+            let spawned = Instant::now();
+            let server = Server::start(
+                &self.bin.join("http-server"),
+                &["--addr", "127.0.0.1:0"],
+                &log,
+            )?;
+            let ready = server.wait_ready(1);
+            server.stop();
+            starts.push(ready?.at.duration_since(spawned).as_micros() as u64);
+        }
+        starts.sort_unstable();
+
+        let scale = if self.options.scale {
+            self.scale()?
+        } else {
+            Vec::new()
+        };
+        Ok(Figures {
+            throughput,
+            starts,
+            scale,
+        })
+    }
+
+    /// `connections(mode)` workers against a server left alone for `--duration`.
+    fn steady(&self, server: &str, mode: Mode) -> Result<Report, String> {
+        let process = Server::start(
+            &self.bin.join(server),
+            &["--addr", "127.0.0.1:0"],
+            &self.scratch.join(format!("{server}.log")),
+        )?;
+        let result = (|| {
+            let ready = process.wait_ready(1)?;
+            let load = Load::start(
+                &self.runtime,
+                mode,
+                ready.get("addr"),
+                demo::connections(mode),
+            );
+            std::thread::sleep(self.options.duration);
+            Ok(load.finish(&self.runtime))
+        })();
+        process.stop();
+        result
+    }
+
+    /// The same load against `http-server` upgraded `upgrades` times, one every `--interval`.
+    fn upgrading(&self, mode: Mode, upgrades: u32) -> Result<Run, String> {
+        let process = Server::start(
+            &self.bin.join("http-server"),
+            &["--addr", "127.0.0.1:0", "--drain-timeout", "10s"],
+            &self.scratch.join("upgrading.log"),
+        )?;
+        let run = demo::under_upgrades(
+            &self.runtime,
+            &process,
+            &[(mode, demo::connections(mode))],
+            upgrades,
+            self.options.interval,
+            false,
+        );
+        process.stop();
+        run
+    }
+
+    /// Runs `scale-probe all` and keeps its JSON lines.
+    fn scale(&self) -> Result<Vec<Value>, String> {
+        self.say("  scale-probe all (upgrade with 1/100/1000 sockets, drain 1k/10k idle connections, memory per connection)");
+        let output = Command::new(self.bin.join("scale-probe"))
+            .arg("all")
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run scale-probe: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("scale-probe all failed: {}", output.status));
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| format!("scale-probe printed {l:?}: {e}")))
+            .collect()
+    }
+}
+
+/// Latency and gaps of the requests inside upgrade windows, and of the others.
+#[derive(Default)]
+struct Windows {
+    inside: Vec<u64>,
+    outside: Vec<u64>,
+    gap_inside: u64,
+    gap_outside: u64,
+}
+
+impl Windows {
+    fn of(runs: &[Run]) -> Windows {
+        let mut w = Windows::default();
+        for run in runs {
+            let report = &run.reports[0];
+            let us = |at: Instant| at.saturating_duration_since(report.epoch).as_micros() as u64;
+            let windows: Vec<(u64, u64)> = run
+                .upgrades
+                .iter()
+                .map(|u| (us(u.signalled), us(u.stopped)))
+                .collect();
+            let overlaps = |from: u64, to: u64| {
+                // The last window starting before `to` is the only one that can overlap.
+                let i = windows.partition_point(|(start, _)| *start <= to);
+                i > 0 && windows[i - 1].1 >= from
+            };
+            for sample in &report.samples {
+                if overlaps(sample.start_us, sample.end_us()) {
+                    w.inside.push(sample.latency_us);
+                } else {
+                    w.outside.push(sample.latency_us);
+                }
+            }
+            let mut ends: Vec<u64> = report.samples.iter().map(|s| Sample::end_us(*s)).collect();
+            ends.sort_unstable();
+            for pair in ends.windows(2) {
+                let gap = pair[1] - pair[0];
+                if overlaps(pair[0], pair[1]) {
+                    w.gap_inside = w.gap_inside.max(gap);
+                } else {
+                    w.gap_outside = w.gap_outside.max(gap);
+                }
+            }
+        }
+        w.inside.sort_unstable();
+        w.outside.sort_unstable();
+        w
+    }
+}
+
+/// min / median / p95 / max of sorted µs values.
+fn spread(sorted: &[u64]) -> [u64; 4] {
+    [
+        sorted.first().copied().unwrap_or(0),
+        percentile(sorted, 50.0),
+        percentile(sorted, 95.0),
+        sorted.last().copied().unwrap_or(0),
+    ]
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+impl Throughput {
+    /// upgrading / graceful, the cost of the upgrades themselves.
+    fn upgrading_ratio(&self) -> f64 {
+        median(&self.upgrading) / median(&self.graceful)
+    }
+
+    /// 1 - graceful / plain, the cost of the library's accept and serve path.
+    fn overhead(&self) -> f64 {
+        1.0 - median(&self.graceful) / median(&self.plain)
+    }
+}
+
+impl Figures {
+    fn failed(&self) -> u64 {
+        self.throughput.iter().map(|t| t.failed).sum()
+    }
+
+    fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.throughput.iter().flat_map(|t| &t.runs)
+    }
+
+    fn handovers(&self) -> (Vec<u64>, Vec<u64>) {
+        let mut ready: Vec<u64> = self
+            .runs()
+            .flat_map(|r| &r.upgrades)
+            .map(|u| u.handover().as_micros() as u64)
+            .collect();
+        let mut stopped: Vec<u64> = self
+            .runs()
+            .flat_map(|r| &r.upgrades)
+            .map(|u| u.stop_delay().as_micros() as u64)
+            .collect();
+        ready.sort_unstable();
+        stopped.sort_unstable();
+        (ready, stopped)
+    }
+
+    /// Median handover minus median bare start.
+    fn handover_overhead(&self) -> i64 {
+        let (ready, _) = self.handovers();
+        percentile(&ready, 50.0) as i64 - percentile(&self.starts, 50.0) as i64
+    }
+
+    fn print(&self, options: &Options) {
+        let upgrades = self.runs().map(|r| r.upgrades.len()).sum::<usize>();
+        println!();
+        println!(
+            "Throughput, requests/s (median of {} rounds of {:?}; upgrading: one upgrade every {:?})",
+            options.rounds, options.duration, options.interval
+        );
+        println!();
+        println!(
+            "| load | plain axum, no graceful | graceful | graceful, upgrading | upgrading / graceful | graceful / plain |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        for t in &self.throughput {
+            println!(
+                "| {} ({} connections) | {:.0} | {:.0} | {:.0} | {:.1}% | {:.1}% |",
+                t.mode.describe(),
+                demo::connections(t.mode),
+                median(&t.plain),
+                median(&t.graceful),
+                median(&t.upgrading),
+                t.upgrading_ratio() * 100.0,
+                (1.0 - t.overhead()) * 100.0,
+            );
+        }
+
+        let (ready, stopped) = self.handovers();
+        println!();
+        println!(
+            "Handover ({upgrades} upgrades) and bare start ({} starts)",
+            self.starts.len()
+        );
+        println!();
+        println!("| | min | median | p95 | max |");
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        for (what, values) in [
+            ("SIGHUP → new generation ready", &ready),
+            ("new generation ready → old one stopped accepting", &stopped),
+            ("bare start of http-server: spawn → ready", &self.starts),
+        ] {
+            let [min, med, p95, max] = spread(values);
+            println!(
+                "| {what} | {} | {} | {} | {} |",
+                micros(min),
+                micros(med),
+                micros(p95),
+                micros(max)
+            );
+        }
+
+        println!();
+        println!(
+            "Requests overlapping an upgrade window (SIGHUP → old generation stopped accepting) vs. the others"
+        );
+        println!();
+        println!(
+            "| load | requests in / out | p50 in / out | p99 in / out | max in / out | longest gap between completions in / out |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        for t in &self.throughput {
+            let w = Windows::of(&t.runs);
+            println!(
+                "| {} | {} / {} | {} / {} | {} / {} | {} / {} | {} / {} |",
+                t.mode.name(),
+                w.inside.len(),
+                w.outside.len(),
+                micros(percentile(&w.inside, 50.0)),
+                micros(percentile(&w.outside, 50.0)),
+                micros(percentile(&w.inside, 99.0)),
+                micros(percentile(&w.outside, 99.0)),
+                micros(w.inside.last().copied().unwrap_or(0)),
+                micros(w.outside.last().copied().unwrap_or(0)),
+                micros(w.gap_inside),
+                micros(w.gap_outside),
+            );
+        }
+
+        if !self.scale.is_empty() {
+            println!();
+            println!("Cost growth (scale-probe all)");
+            println!();
+            for line in &self.scale {
+                println!("  {}", flatten(line));
+            }
+        }
+
+        println!();
+        println!("Targets");
+        let requests: u64 = self.throughput.iter().map(|t| t.requests).sum();
+        verdict(
+            self.failed() == 0,
+            &format!("0 failed requests: {} of {requests}", self.failed()),
+        );
+        for t in &self.throughput {
+            verdict(
+                t.upgrading_ratio() >= UPGRADING_RATIO_TARGET,
+                &format!(
+                    "{}: throughput while upgrading ≥ 99% of without: {:.1}%",
+                    t.mode.name(),
+                    t.upgrading_ratio() * 100.0
+                ),
+            );
+        }
+        for t in &self.throughput {
+            verdict(
+                t.overhead() <= ACCEPT_OVERHEAD_TARGET,
+                &format!(
+                    "{}: accept and serve path ≤ 2% slower than plain axum: {:+.1}%",
+                    t.mode.name(),
+                    t.overhead() * 100.0
+                ),
+            );
+        }
+        let overhead = self.handover_overhead();
+        verdict(
+            overhead <= HANDOVER_OVERHEAD_TARGET.as_micros() as i64,
+            &format!(
+                "handover beyond a bare start ≤ 5 ms (medians): {:+.1} ms",
+                overhead as f64 / 1e3
+            ),
+        );
+    }
+
+    fn to_json(&self, options: &Options) -> Value {
+        let (ready, stopped) = self.handovers();
+        let ms = |values: &[u64]| {
+            let [min, med, p95, max] = spread(values);
+            json!({"min": min as f64 / 1e3, "median": med as f64 / 1e3, "p95": p95 as f64 / 1e3, "max": max as f64 / 1e3})
+        };
+        let throughput: Vec<Value> = self
+            .throughput
+            .iter()
+            .map(|t| {
+                let w = Windows::of(&t.runs);
+                json!({
+                    "mode": t.mode.name(),
+                    "connections": demo::connections(t.mode),
+                    "requests_per_s": {
+                        "plain": median(&t.plain),
+                        "graceful": median(&t.graceful),
+                        "upgrading": median(&t.upgrading),
+                        "rounds": {"plain": t.plain, "graceful": t.graceful, "upgrading": t.upgrading},
+                    },
+                    "upgrading_over_graceful": t.upgrading_ratio(),
+                    "graceful_overhead_vs_plain": t.overhead(),
+                    "failed": t.failed,
+                    "requests": t.requests,
+                    "upgrade_windows": {
+                        "requests_in": w.inside.len(),
+                        "requests_out": w.outside.len(),
+                        "latency_ms_in": ms(&w.inside),
+                        "latency_ms_out": ms(&w.outside),
+                        "p99_ms_in": percentile(&w.inside, 99.0) as f64 / 1e3,
+                        "p99_ms_out": percentile(&w.outside, 99.0) as f64 / 1e3,
+                        "longest_gap_ms_in": w.gap_inside as f64 / 1e3,
+                        "longest_gap_ms_out": w.gap_outside as f64 / 1e3,
+                    },
+                })
+            })
+            .collect();
+        json!({
+            "options": {
+                "duration_s": options.duration.as_secs_f64(),
+                "rounds": options.rounds,
+                "interval_ms": options.interval.as_secs_f64() * 1e3,
+            },
+            "throughput": throughput,
+            "handover_ms": {
+                "sighup_to_ready": ms(&ready),
+                "ready_to_old_stopped": ms(&stopped),
+                "bare_start": ms(&self.starts),
+                "overhead_median": self.handover_overhead() as f64 / 1e3,
+            },
+            "scale": self.scale,
+            "failed": self.failed(),
+        })
+    }
+}
+
+fn verdict(met: bool, what: &str) {
+    println!("  {} {what}", if met { "met   " } else { "MISSED" });
+}
+
+/// `probe=upgrade sockets=1000 upgrade_ms.median=12.3 …`: a JSON object on one line.
+fn flatten(value: &Value) -> String {
+    fn walk(prefix: &str, value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, inner) in map {
+                    let name = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&name, inner, out);
+                }
+            }
+            Value::String(text) => out.push(format!("{prefix}={text}")),
+            other => out.push(format!("{prefix}={other}")),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", value, &mut out);
+    out.join(" ")
+}
