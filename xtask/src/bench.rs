@@ -260,32 +260,39 @@ impl Windows {
                 .iter()
                 .map(|u| (us(u.signalled), us(u.stopped)))
                 .collect();
-            let overlaps = |from: u64, to: u64| {
-                // The last window starting before `to` is the only one that can overlap.
-                let i = windows.partition_point(|(start, _)| *start <= to);
-                i > 0 && windows[i - 1].1 >= from
-            };
-            for sample in &report.samples {
-                if overlaps(sample.start_us, sample.end_us()) {
-                    w.inside.push(sample.latency_us);
-                } else {
-                    w.outside.push(sample.latency_us);
-                }
-            }
-            let mut ends: Vec<u64> = report.samples.iter().map(|s| Sample::end_us(*s)).collect();
-            ends.sort_unstable();
-            for pair in ends.windows(2) {
-                let gap = pair[1] - pair[0];
-                if overlaps(pair[0], pair[1]) {
-                    w.gap_inside = w.gap_inside.max(gap);
-                } else {
-                    w.gap_outside = w.gap_outside.max(gap);
-                }
-            }
+            w.add(&report.samples, &windows);
         }
         w.inside.sort_unstable();
         w.outside.sort_unstable();
         w
+    }
+
+    /// Sorts `samples` into those that overlap one of `windows` (disjoint `(from, to)` pairs
+    /// in order, in µs like the samples) and the others, and the gaps between completions
+    /// likewise.
+    fn add(&mut self, samples: &[Sample], windows: &[(u64, u64)]) {
+        let overlaps = |from: u64, to: u64| {
+            // The last window starting at or before `to` is the only one that can overlap.
+            let i = windows.partition_point(|(start, _)| *start <= to);
+            i > 0 && windows[i - 1].1 >= from
+        };
+        for sample in samples {
+            if overlaps(sample.start_us, sample.end_us()) {
+                self.inside.push(sample.latency_us);
+            } else {
+                self.outside.push(sample.latency_us);
+            }
+        }
+        let mut ends: Vec<u64> = samples.iter().map(|s| s.end_us()).collect();
+        ends.sort_unstable();
+        for pair in ends.windows(2) {
+            let gap = pair[1] - pair[0];
+            if overlaps(pair[0], pair[1]) {
+                self.gap_inside = self.gap_inside.max(gap);
+            } else {
+                self.gap_outside = self.gap_outside.max(gap);
+            }
+        }
     }
 }
 
@@ -551,4 +558,58 @@ fn flatten(value: &Value) -> String {
     let mut out = Vec::new();
     walk("", value, &mut out);
     out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(start_us: u64, latency_us: u64) -> Sample {
+        Sample {
+            start_us,
+            latency_us,
+        }
+    }
+
+    #[test]
+    fn requests_overlapping_a_window_are_inside_and_gaps_follow_them() {
+        let windows = [(1_000, 2_000), (5_000, 6_000)];
+        let samples = [
+            sample(0, 100),     // ends at 100: outside
+            sample(900, 200),   // 900..1100 straddles the first window's start
+            sample(1_500, 10),  // within
+            sample(2_000, 500), // starts as the first window ends: inside
+            sample(2_600, 100), // 2600..2700: outside
+            sample(4_000, 50),  // outside
+            sample(6_100, 1),   // just after the second window: outside
+        ];
+        let mut w = Windows::default();
+        w.add(&samples, &windows);
+        w.inside.sort_unstable();
+        w.outside.sort_unstable();
+        assert_eq!(w.inside, vec![10, 200, 500]);
+        assert_eq!(w.outside, vec![1, 50, 100, 100]);
+        // Completions at 100, 1100, 1510, 2500, 2700, 4050, 6101: the gap 4050..6101 spans the
+        // second window, 1510..2500 the first; 2700..4050 touches none.
+        assert_eq!(w.gap_inside, 6_101 - 4_050);
+        assert_eq!(w.gap_outside, 4_050 - 2_700);
+    }
+
+    #[test]
+    fn no_windows_puts_everything_outside() {
+        let mut w = Windows::default();
+        w.add(&[sample(0, 5), sample(10, 5)], &[]);
+        assert!(w.inside.is_empty());
+        assert_eq!(w.outside.len(), 2);
+        assert_eq!((w.gap_inside, w.gap_outside), (0, 10));
+    }
+
+    #[test]
+    fn spread_and_median_of_small_sets() {
+        assert_eq!(spread(&[]), [0, 0, 0, 0]);
+        assert_eq!(spread(&[7]), [7, 7, 7, 7]);
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(spread(&values), [1, 51, 95, 100]);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+    }
 }

@@ -618,3 +618,145 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
 }
+
+#[cfg(test)]
+mod tests {
+    //! The load generator against small misbehaving servers: each kind of failure must be seen
+    //! as that kind, and a clean close between requests as a reconnect, or the demo's verdict
+    //! means nothing.
+
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// Serves every connection with `reply` until the test ends; returns its address.
+    fn serve(runtime: &Runtime, reply: &'static str) -> String {
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        runtime.spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0; 1024];
+                    // One request each: read its head, answer, and close (half-close first).
+                    if conn.read(&mut request).await.unwrap_or(0) > 0 {
+                        let _ = conn.write_all(reply.as_bytes()).await;
+                    }
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn load(runtime: &Runtime, mode: Mode, addr: &str) -> Report {
+        let load = Load::start(runtime, mode, addr, 2);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Enough activity to classify, bounded in time.
+        while load.live().requests.load(Ordering::Relaxed)
+            + load.live().failures.load(Ordering::Relaxed)
+            + load.live().reconnects.load(Ordering::Relaxed)
+            < 20
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        load.finish(runtime)
+    }
+
+    const OK_THEN_CLOSE: &str =
+        "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 14\r\n\r\nhello from 123";
+
+    #[test]
+    fn a_response_that_closes_the_connection_is_a_reconnect() {
+        let runtime = crate::runtime().unwrap();
+        let addr = serve(&runtime, OK_THEN_CLOSE);
+        let report = load(&runtime, Mode::KeepAlive, &addr);
+        assert_eq!(report.failed(), 0, "{:?}", report.examples);
+        assert!(report.requests() > 0);
+        assert!(report.reconnects > 0);
+        assert_eq!(report.pids, BTreeSet::from([123]));
+        let report = load(&runtime, Mode::Short, &addr);
+        assert_eq!(report.failed(), 0, "{:?}", report.examples);
+        assert_eq!(
+            report.reconnects, 0,
+            "a short connection's end is no reconnect"
+        );
+    }
+
+    #[test]
+    fn a_connection_closed_without_an_answer_is_torn() {
+        let runtime = crate::runtime().unwrap();
+        let addr = serve(&runtime, "");
+        for mode in [Mode::Short, Mode::KeepAlive] {
+            let report = load(&runtime, mode, &addr);
+            assert!(
+                report.failures_of(Failure::Torn) > 0,
+                "{mode:?}: {report:?}"
+            );
+            assert_eq!(report.failed(), report.failures_of(Failure::Torn));
+            assert_eq!(report.requests(), 0);
+        }
+    }
+
+    #[test]
+    fn half_an_answer_is_torn_and_an_error_status_is_counted() {
+        let runtime = crate::runtime().unwrap();
+        let half = serve(
+            &runtime,
+            "HTTP/1.1 200 OK\r\ncontent-length: 14\r\n\r\nhello",
+        );
+        let report = load(&runtime, Mode::Short, &half);
+        assert!(report.failures_of(Failure::Torn) > 0, "{report:?}");
+        let error = serve(
+            &runtime,
+            "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+        );
+        let report = load(&runtime, Mode::Short, &error);
+        assert!(report.failures_of(Failure::Status) > 0, "{report:?}");
+        assert_eq!(report.failed(), report.failures_of(Failure::Status));
+    }
+
+    #[test]
+    fn a_closed_port_is_refused() {
+        let runtime = crate::runtime().unwrap();
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let report = load(&runtime, Mode::Echo, &addr);
+        assert!(report.failures_of(Failure::Refused) > 0, "{report:?}");
+        assert_eq!(report.failed(), report.failures_of(Failure::Refused));
+    }
+
+    #[test]
+    fn an_echo_session_closed_at_a_boundary_is_a_reconnect() {
+        let runtime = crate::runtime().unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // Answers three lines, then half-closes and waits for the client to close.
+        runtime.spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut conn = BufReader::new(conn);
+                    for _ in 0..3 {
+                        let mut line = String::new();
+                        if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let reply = format!("{} 77\n", line.trim_end());
+                        let _ = conn.get_mut().write_all(reply.as_bytes()).await;
+                    }
+                    let _ = conn.get_mut().shutdown().await;
+                    let mut rest = Vec::new();
+                    let _ = conn.read_to_end(&mut rest).await;
+                });
+            }
+        });
+        let report = load(&runtime, Mode::Echo, &addr);
+        assert_eq!(report.failed(), 0, "{:?}", report.examples);
+        assert!(report.reconnects > 0);
+        assert_eq!(report.pids, BTreeSet::from([77]));
+    }
+}
