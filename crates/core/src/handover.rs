@@ -35,7 +35,15 @@ use crate::sys::{self, FdKind, Local};
 const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts a program with sockets handed over the way an upgrade hands them to the next
-/// generation, and waits until it calls `ready()`.
+/// generation, and waits until it calls `ready()`: for a test harness or a supervisor that
+/// plays the generation before the first.
+///
+/// The program cannot tell the difference from an upgrade: its listeners adopt the sockets,
+/// its `ready()` answers over the readiness link. Unlike a replaced generation, the caller does
+/// not exit once the program is ready, so [`Started::wait_ready`] closes the link then: the
+/// program sees its parent exit and behaves from then on as a server started by hand, the
+/// oldest generation (generation 1), which counts its successors for `max_generations` and
+/// whose drain never waits for a parent.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -286,8 +294,8 @@ impl Started {
     /// Waits until the process calls `ready()`, for `timeout` at most; returns its pid.
     ///
     /// Then closes the link: the process sees its parent exit and, from then on, behaves as
-    /// the oldest generation alive (see the [module documentation](self)). The caller remains
-    /// its parent and reaps it when it exits.
+    /// the oldest generation alive (see [`Handover`]). The caller remains its parent and reaps
+    /// it when it exits.
     ///
     /// Blocks.
     ///

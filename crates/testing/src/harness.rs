@@ -307,7 +307,7 @@ impl Harness {
     ///
     /// ```no_run
     /// # async fn serve() {}
-    /// #[tokio::test]
+    /// // #[tokio::test]
     /// async fn upgrades() {
     ///     if graceful_testing::is_server() {
     ///         return serve().await; // graceful::listen("127.0.0.1:0"), ready(), serve, drain

@@ -12,8 +12,9 @@
 //! ```no_run
 //! use graceful_testing::{Error, Harness};
 //!
-//! #[tokio::test]
+//! // #[tokio::test], in the package of the binary `my-server`
 //! async fn survives_upgrades_under_load() -> Result<(), Error> {
+//! # macro_rules! env { ($name:literal) => { "target/debug/my-server" } }
 //!     let harness = Harness::builder(env!("CARGO_BIN_EXE_my-server"))
 //!         .arg("--addr")
 //!         .arg_addr()
@@ -27,8 +28,8 @@
 //!             Ok::<_, Error>(())
 //!         })
 //!         .await;
-//!     report.outcome?;
 //!     assert_eq!(report.failures(), 0, "{report}");
+//!     report.outcome?;
 //!     for generation in harness.stop().await? {
 //!         assert!(generation.status().is_some_and(|s| s.success()), "{generation}");
 //!     }

@@ -318,15 +318,17 @@ impl<T> LoadReport<T> {
     }
 }
 
-impl<T> fmt::Display for LoadReport<T> {
-    /// A line per kind of client, then the sampled failures.
+impl<T: fmt::Debug> fmt::Display for LoadReport<T> {
+    /// The totals and what ran under load returned, then a line per kind of client with its
+    /// sampled failures.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} exchanges answered, {} reconnects, {} failed",
+            "{} exchanges answered, {} reconnects, {} failed; under load: {:?}",
             self.succeeded(),
             self.reconnects(),
-            self.failures()
+            self.failures(),
+            self.outcome
         )?;
         for (client, tally) in &self.tallies {
             write!(
