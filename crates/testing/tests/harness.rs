@@ -259,3 +259,39 @@ async fn a_server_that_does_not_handle_sighup_is_reported_ended() {
     };
     assert!(status.contains("it does not handle SIGHUP"), "{err}");
 }
+
+/// A test that panics with two generations alive (the first one held in its drain by a
+/// connection that never finishes its line): the harness kills and reaps both as it unwinds.
+#[tokio::test]
+async fn a_panicking_test_leaves_no_process_behind() {
+    if is_server() {
+        return serve(graceful_tokio::Builder::new()).await;
+    }
+    let (pids_tx, pids_rx) = std::sync::mpsc::channel();
+    let test = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let harness = Harness::this_test("a_panicking_test_leaves_no_process_behind")
+                .start()
+                .await
+                .unwrap();
+            let mut stuck = TcpStream::connect(harness.addr()).await.unwrap();
+            stuck.write_all(b"hello\n").await.unwrap();
+            stuck.read_exact(&mut [0u8; 6]).await.unwrap();
+            stuck.write_all(b"never fini").await.unwrap();
+            let upgraded = harness.upgrade().await.unwrap();
+            pids_tx.send([upgraded.from, upgraded.pid]).unwrap();
+            panic!("a deliberate failure, with two generations alive");
+        })
+    });
+    assert!(test.join().is_err(), "the test thread panicked");
+    for pid in pids_rx.recv().unwrap() {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} was killed and reaped"
+        );
+    }
+}
