@@ -362,7 +362,8 @@ impl Harness {
     ///
     /// [`Error::UpgradeFailed`] with the reason the server reported (it keeps serving);
     /// [`Error::Exited`] if the generation ended instead (for instance because it does not
-    /// handle `SIGHUP`); [`Error::Timeout`] if neither happened within the timeout.
+    /// handle `SIGHUP`); [`Error::Timeout`] if neither happened within the timeout, which is
+    /// also what a signal the server ignores gives (it is stopping, or upgrading already).
     pub async fn upgrade(&self) -> Result<Upgraded> {
         let (from, failures_before) = {
             let lineage = self.monitor.lineage();
