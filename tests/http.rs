@@ -4,32 +4,25 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{SinkExt, StreamExt};
+use graceful::DrainOutcome;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONNECTION, HOST};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Event, STEP, Server};
+use support::{STEP, Server};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_http-server");
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The pid in a `hello from <pid>` or `slow N from <pid>` body.
 fn pid_of(body: &str) -> u32 {
@@ -75,46 +68,54 @@ async fn get(
 }
 
 /// Reads one HTTP/1.1 response: status line, whether it says `Connection: close`, body.
-fn read_response(reader: &mut impl BufRead) -> (String, bool, String) {
-    let mut status = String::new();
-    reader.read_line(&mut status).unwrap();
-    let mut length = 0;
-    let mut close = false;
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).unwrap();
-        let header = header.trim_end().to_ascii_lowercase();
-        if header.is_empty() {
-            break;
+async fn read_response(reader: &mut (impl AsyncBufRead + Unpin)) -> (String, bool, String) {
+    tokio::time::timeout(STEP, async {
+        let mut status = String::new();
+        reader.read_line(&mut status).await.unwrap();
+        let mut length = 0;
+        let mut close = false;
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).await.unwrap();
+            let header = header.trim_end().to_ascii_lowercase();
+            if header.is_empty() {
+                break;
+            }
+            if let Some(value) = header.strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+            close |= header == "connection: close";
         }
-        if let Some(value) = header.strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap();
-        }
-        close |= header == "connection: close";
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    (status, close, String::from_utf8(body).unwrap())
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).await.unwrap();
+        (status, close, String::from_utf8(body).unwrap())
+    })
+    .await
+    .expect("a response in time")
 }
 
-#[test]
-fn a_slow_request_started_before_the_upgrade_completes_on_the_old_process() {
-    let mut server = Server::start(SERVER, &[]);
+#[tokio::test]
+async fn a_slow_request_started_before_the_upgrade_completes_on_the_old_process() {
+    let server = Server::start(SERVER, &[]).await;
     // A plain socket, so that the request has certainly been sent before the upgrade starts;
     // a first request makes sure the old process has accepted the connection.
-    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
-    conn.set_read_timeout(Some(STEP)).unwrap();
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let (reader, mut conn) = TcpStream::connect(server.addr())
+        .await
+        .unwrap()
+        .into_split();
+    let mut reader = BufReader::new(reader);
     conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
         .unwrap();
-    let (status, close, body) = read_response(&mut reader);
+    let (status, close, body) = read_response(&mut reader).await;
     assert!(status.starts_with("HTTP/1.1 200") && !close, "{status:?}");
-    assert_eq!(pid_of(&body), server.pid);
+    assert_eq!(pid_of(&body), server.pid());
 
     conn.write_all(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
         .unwrap();
-    let old = server.upgrade();
-    let (status, close, body) = read_response(&mut reader);
+    let old = server.upgrade().await;
+    let (status, close, body) = read_response(&mut reader).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
     assert_eq!(body, format!("slow 1500 from {old}"));
     assert!(
@@ -122,27 +123,23 @@ fn a_slow_request_started_before_the_upgrade_completes_on_the_old_process() {
         "answered after the upgrade, so with Connection: close"
     );
     drop((conn, reader));
-    match server.wait_exited(old) {
-        Event::Exited {
-            abandoned, outcome, ..
-        } => assert_eq!((abandoned, outcome.as_str()), (0, "Drained")),
-        other => panic!("{other:?}"),
-    }
+    let retired = server.wait_exited(old).await;
+    let drain = retired.drain().unwrap();
+    assert_eq!((drain.abandoned, drain.outcome), (0, DrainOutcome::Drained));
 }
 
 /// Four keep-alive clients send requests back to back, each on its connection until the server
 /// answers with `Connection: close`, while the server is upgraded three times. Not one request
 /// fails; the clients end up talking to the newest process.
-#[test]
-fn keep_alive_clients_sending_back_to_back_see_no_error_across_upgrades() {
-    let mut server = Server::start(SERVER, &[]);
-    let runtime = runtime();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_clients_sending_back_to_back_see_no_error_across_upgrades() {
+    let server = Server::start(SERVER, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<u32>();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
     let clients: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, seen, addr) = (stop.clone(), seen_tx.clone(), server.addr);
-            runtime.spawn(async move {
+            let (stop, seen, addr) = (stop.clone(), seen_tx.clone(), server.addr());
+            tokio::spawn(async move {
                 let mut tally = BTreeMap::<String, u64>::new();
                 while !stop.load(Ordering::Relaxed) {
                     let mut sender = match http1(addr).await {
@@ -177,27 +174,28 @@ fn keep_alive_clients_sending_back_to_back_see_no_error_across_upgrades() {
         })
         .collect();
 
-    let wait_answered_by = |pid: u32| {
-        let deadline = std::time::Instant::now() + STEP;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match seen_rx.recv_timeout(left) {
-                Ok(seen) if seen == pid => return,
-                Ok(_) => {}
-                Err(_) => panic!("no answer from pid {pid} within {STEP:?}"),
+    let mut wait_answered_by = async |pid: u32| {
+        let answered = tokio::time::timeout(STEP, async {
+            while let Some(seen) = seen_rx.recv().await {
+                if seen == pid {
+                    return;
+                }
             }
-        }
+        });
+        answered
+            .await
+            .unwrap_or_else(|_| panic!("no answer from pid {pid} within {STEP:?}"));
     };
-    wait_answered_by(server.pid);
+    wait_answered_by(server.pid()).await;
     for _ in 0..3 {
-        server.upgrade();
-        wait_answered_by(server.pid);
+        server.upgrade().await;
+        wait_answered_by(server.pid()).await;
     }
     stop.store(true, Ordering::Relaxed);
 
     let mut total = BTreeMap::<String, u64>::new();
     for client in clients {
-        for (outcome, count) in runtime.block_on(client).unwrap() {
+        for (outcome, count) in client.await.unwrap() {
             *total.entry(outcome).or_default() += count;
         }
     }
@@ -213,134 +211,112 @@ fn keep_alive_clients_sending_back_to_back_see_no_error_across_upgrades() {
     );
 }
 
-#[test]
-fn an_http2_client_gets_goaway_and_its_next_connection_reaches_the_new_process() {
-    let mut server = Server::start(SERVER, &[]);
-    let runtime = runtime();
-    let addr = server.addr;
-    let (mut sender, connection) = runtime.block_on(async move {
-        let stream = TcpStream::connect(addr).await.unwrap();
+#[tokio::test]
+async fn an_http2_client_gets_goaway_and_its_next_connection_reaches_the_new_process() {
+    let server = Server::start(SERVER, &[]).await;
+    let addr = server.addr();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
-            .unwrap()
-    });
-    let connection = runtime.spawn(connection);
+            .unwrap();
+    let connection = tokio::spawn(connection);
     let request = || {
         Request::get(format!("http://{addr}/"))
             .body(Empty::<Bytes>::new())
             .unwrap()
     };
-    let body = runtime.block_on(async {
-        let response = sender.send_request(request()).await.unwrap();
-        assert_eq!(response.version(), hyper::Version::HTTP_2);
-        response.into_body().collect().await.unwrap().to_bytes()
-    });
+    let response = sender.send_request(request()).await.unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
     let old = pid_of(&String::from_utf8_lossy(&body));
-    assert_eq!(old, server.pid);
+    assert_eq!(old, server.pid());
 
-    server.upgrade();
+    server.upgrade().await;
     // GOAWAY: the connection ends cleanly, not with a reset.
-    let ended = runtime
-        .block_on(async { tokio::time::timeout(STEP, connection).await })
+    let ended = tokio::time::timeout(STEP, connection)
+        .await
         .expect("the HTTP/2 connection did not end after the upgrade")
         .unwrap();
     assert!(ended.is_ok(), "{ended:?}");
 
-    let body = runtime.block_on(async move {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        let response = sender.send_request(request()).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        response.into_body().collect().await.unwrap().to_bytes()
-    });
-    assert_eq!(pid_of(&String::from_utf8_lossy(&body)), server.pid);
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let response = sender.send_request(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(pid_of(&String::from_utf8_lossy(&body)), server.pid());
 }
 
-#[test]
-fn a_websocket_is_closed_at_a_message_boundary_and_holds_the_old_process_until_then() {
-    let mut server = Server::start(SERVER, &[]);
-    let runtime = runtime();
-    let url = format!("ws://{}/ws", server.addr);
-    let (mut socket, _) = runtime
-        .block_on(tokio_tungstenite::connect_async(&url))
+#[tokio::test]
+async fn a_websocket_is_closed_at_a_message_boundary_and_holds_the_old_process_until_then() {
+    let server = Server::start(SERVER, &[]).await;
+    let url = format!("ws://{}/ws", server.addr());
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let old = server.pid();
+    socket.send(Message::text("before")).await.unwrap();
+    let answer = tokio::time::timeout(STEP, socket.next())
+        .await
+        .expect("an answer")
+        .unwrap()
         .unwrap();
-    let exchange = |socket: &mut tokio_tungstenite::WebSocketStream<_>, text: &str| {
-        runtime.block_on(async {
-            socket.send(Message::text(text)).await.unwrap();
-            tokio::time::timeout(STEP, socket.next())
-                .await
-                .expect("an answer")
-                .unwrap()
-                .unwrap()
-        })
-    };
-    let old = server.pid;
-    assert_eq!(
-        exchange(&mut socket, "before"),
-        Message::text(format!("before {old}"))
-    );
+    assert_eq!(answer, Message::text(format!("before {old}")));
 
-    server.upgrade();
+    server.upgrade().await;
     // The next frame is the server's close, going away: no message is cut.
-    let next = runtime.block_on(async { tokio::time::timeout(STEP, socket.next()).await });
+    let next = tokio::time::timeout(STEP, socket.next()).await;
     match next.expect("a frame after the upgrade").unwrap().unwrap() {
         Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
         other => panic!("expected a close frame, got {other:?}"),
     }
     // The old process waited for the WebSocket: it is tracked even though it left hyper.
     drop(socket);
-    match server.wait_exited(old) {
-        Event::Exited {
-            open_at_start,
-            abandoned,
-            outcome,
-            ..
-        } => {
-            assert_eq!(
-                open_at_start, 1,
-                "the WebSocket was still open when draining began"
-            );
-            assert_eq!((abandoned, outcome.as_str()), (0, "Drained"));
-        }
-        other => panic!("{other:?}"),
-    }
-
-    let (mut socket, _) = runtime
-        .block_on(tokio_tungstenite::connect_async(&url))
-        .unwrap();
+    let retired = server.wait_exited(old).await;
+    let drain = retired.drain().unwrap();
     assert_eq!(
-        exchange(&mut socket, "after"),
-        Message::text(format!("after {}", server.pid))
+        drain.open_at_start, 1,
+        "the WebSocket was still open when draining began"
     );
+    assert_eq!((drain.abandoned, drain.outcome), (0, DrainOutcome::Drained));
+
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    socket.send(Message::text("after")).await.unwrap();
+    let answer = tokio::time::timeout(STEP, socket.next())
+        .await
+        .expect("an answer")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, Message::text(format!("after {}", server.pid())));
 }
 
 /// A connection opened before the upgrade that sends its first request only once the new
 /// process is ready: served (by the old process, which accepted it, or by the new one if it was
 /// still queued), never closed unanswered.
-#[test]
-fn a_connection_opened_before_the_upgrade_is_served_its_first_request() {
-    let mut server = Server::start(SERVER, &[]);
-    let mut conns: Vec<_> = (0..4)
-        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
-        .collect();
-    let old = server.upgrade();
+#[tokio::test]
+async fn a_connection_opened_before_the_upgrade_is_served_its_first_request() {
+    let server = Server::start(SERVER, &[]).await;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(TcpStream::connect(server.addr()).await.unwrap());
+    }
+    let old = server.upgrade().await;
     // Send only once the old process is winding down, so that its connections have seen the
     // upgrade before their first request arrives.
-    server.wait_log("upgraded; winding down");
+    server.wait_log("upgraded; winding down").await;
     for conn in &mut conns {
-        conn.set_read_timeout(Some(STEP)).unwrap();
         conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
             .unwrap();
     }
     for conn in conns {
-        let (status, _, body) = read_response(&mut BufReader::new(conn));
+        let (status, _, body) = read_response(&mut BufReader::new(conn)).await;
         assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
         // Served by the old process (which then closes) or the new one.
         let pid = pid_of(&body);
-        assert!(pid == old || pid == server.pid, "answered by {pid}");
+        assert!(pid == old || pid == server.pid(), "answered by {pid}");
     }
 }

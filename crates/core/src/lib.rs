@@ -51,6 +51,12 @@
 //! [`Upgrader::finish_requested`] to end its remaining connections now.
 //!
 //! Every phase is logged with `tracing`, with the pids involved.
+//!
+//! # Playing the previous generation
+//!
+//! A test harness or a supervisor can start a server the way an upgrade would, with sockets it
+//! bound itself, and wait until the server is ready: see [`Handover`]. A server it starts so
+//! reports the outcome of each upgrade back to it ([`Report`]).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -59,14 +65,18 @@
 mod env;
 mod error;
 mod event;
+mod handover;
 mod link;
 mod name;
 mod pidfile;
 mod registry;
+mod report;
 mod spawn;
 mod sys;
 mod upgrader;
 
 pub use error::{Error, Result};
 pub use event::Event;
+pub use handover::{Handover, Started};
+pub use report::Report;
 pub use upgrader::{Builder, Upgrader};

@@ -11,6 +11,7 @@
 //!   descriptors keep their close-on-exec flag and their file status flags (O_NONBLOCK is never
 //!   touched), so no other thread's spawn can leak them.
 //! - Everything else above the handed-over range is closed before exec, whatever its flags.
+//!   Standard input, output and error are inherited, unless the caller gives replacements.
 //! - A failure before exec is reported over a close-on-exec pipe: the parent reads end of file
 //!   when exec succeeded, or the failed step and its errno when it did not.
 
@@ -50,12 +51,13 @@ const RESET_SIGNALS: [libc::c_int; 8] = [
 ];
 
 /// The steps that can fail in the child, as reported over the error pipe.
-const STAGES: [&str; 5] = [
+const STAGES: [&str; 6] = [
     "moving descriptors",
     "placing descriptors",
     "closing other descriptors",
     "chdir",
     "execve",
+    "setpgid",
 ];
 
 /// What the next generation gets.
@@ -72,6 +74,17 @@ pub(crate) struct Command<'a> {
     pub(crate) fds: Vec<RawFd>,
 }
 
+/// How the new process is set up beyond its command, for a caller that starts a first
+/// generation itself (see `handover.rs`). An upgrade uses the defaults: the new generation
+/// shares the old one's standard streams and process group.
+#[derive(Debug, Default)]
+pub(crate) struct Setup {
+    /// Descriptors to become the child's stdin, stdout and stderr; `None` inherits ours.
+    pub(crate) stdio: [Option<RawFd>; 3],
+    /// Start the child in a process group of its own, which its descendants then share.
+    pub(crate) process_group: bool,
+}
+
 /// A command turned into C data, ready to survive `fork` untouched.
 struct Plan {
     path: CString,
@@ -82,14 +95,18 @@ struct Plan {
     /// `LISTEN_PID=` plus room for the digits; `envp` points into it.
     listen_pid: Box<[u8]>,
     cwd: Option<CString>,
-    fds: Vec<RawFd>,
+    /// `(source, target)`: the handed-over descriptors at 3, 4, …, then any standard streams.
+    moves: Vec<(RawFd, RawFd)>,
     scratch: Vec<RawFd>,
+    /// The first descriptor number above the handed-over range.
+    base: RawFd,
+    process_group: bool,
     /// The highest descriptor number to close when `close_range` is not available.
     max_fd: RawFd,
 }
 
 impl Plan {
-    fn new(cmd: Command<'_>) -> io::Result<Plan> {
+    fn new(cmd: Command<'_>, setup: Setup) -> io::Result<Plan> {
         let path = cstring(cmd.executable.as_os_str())?;
         let mut argv_owned = cmd
             .args
@@ -129,7 +146,17 @@ impl Plan {
             .chain([listen_pid.as_ptr().cast(), std::ptr::null()])
             .collect();
         let cwd = cmd.cwd.map(|p| cstring(p.as_os_str())).transpose()?;
-        let scratch = vec![-1; cmd.fds.len()];
+        let base = FIRST_FD + cmd.fds.len() as RawFd;
+        let moves: Vec<(RawFd, RawFd)> = (FIRST_FD..)
+            .zip(cmd.fds)
+            .map(|(target, source)| (source, target))
+            .chain(
+                (0..)
+                    .zip(setup.stdio)
+                    .filter_map(|(target, source)| Some((source?, target))),
+            )
+            .collect();
+        let scratch = vec![-1; moves.len()];
         Ok(Plan {
             path,
             _argv: argv_owned,
@@ -138,8 +165,10 @@ impl Plan {
             envp,
             listen_pid,
             cwd,
-            fds: cmd.fds,
+            moves,
             scratch,
+            base,
+            process_group: setup.process_group,
             max_fd: max_fd(),
         })
     }
@@ -150,13 +179,18 @@ impl Plan {
 /// Returns the child's pid once `execve` succeeded. If a step before exec failed, the child has
 /// been reaped and the error names the step. `timeout` bounds the wait for exec.
 pub(crate) fn spawn(cmd: Command<'_>, timeout: Duration) -> Result<u32> {
+    spawn_with(cmd, Setup::default(), timeout)
+}
+
+/// [`spawn`], with the standard streams and the process group set up as `setup` says.
+pub(crate) fn spawn_with(cmd: Command<'_>, setup: Setup, timeout: Duration) -> Result<u32> {
     let executable = cmd.executable.to_owned();
     let spawn_error = |stage, source| Error::Spawn {
         executable: executable.clone(),
         stage,
         source,
     };
-    let mut plan = Plan::new(cmd).map_err(|e| spawn_error("preparing the command", e))?;
+    let mut plan = Plan::new(cmd, setup).map_err(|e| spawn_error("preparing the command", e))?;
     let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| spawn_error("creating the error pipe", e.into()))?;
 
@@ -254,20 +288,23 @@ unsafe fn exec_child(plan: &mut Plan, err: RawFd) -> ! {
 
         // Move everything above the target range first, so that placing fd 3 cannot overwrite
         // a source that happens to sit at 4.
-        let base = FIRST_FD + plan.fds.len() as RawFd;
+        let base = plan.base;
         let err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, base);
         if err < 0 {
             libc::_exit(126);
         }
-        for (source, slot) in plan.fds.iter().zip(plan.scratch.iter_mut()) {
+        if plan.process_group && libc::setpgid(0, 0) < 0 {
+            fail(err, 5);
+        }
+        for ((source, _), slot) in plan.moves.iter().zip(plan.scratch.iter_mut()) {
             *slot = libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, base);
             if *slot < 0 {
                 fail(err, 0);
             }
         }
         // dup2 gives the target without FD_CLOEXEC; the sources keep theirs.
-        for (target, moved) in (FIRST_FD..).zip(plan.scratch.iter()) {
-            if libc::dup2(*moved, target) < 0 {
+        for ((_, target), moved) in plan.moves.iter().zip(plan.scratch.iter()) {
+            if libc::dup2(*moved, *target) < 0 {
                 fail(err, 1);
             }
         }

@@ -291,3 +291,16 @@ pub(crate) unsafe fn own(fd: RawFd) -> OwnedFd {
 pub(crate) fn pid() -> u32 {
     std::process::id()
 }
+
+/// Sends one datagram without blocking and without raising SIGPIPE: a full queue or a peer that
+/// has gone is an error for the caller to ignore, never a stall.
+pub(crate) fn send_datagram(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<()> {
+    let flags = socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_NOSIGNAL;
+    loop {
+        match socket::send(fd.as_raw_fd(), buf, flags) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}

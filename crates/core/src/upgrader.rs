@@ -37,6 +37,7 @@ use crate::link::{self, Message, Reader};
 use crate::name::{self, FdName};
 use crate::pidfile;
 use crate::registry::{Origin, Registry};
+use crate::report;
 use crate::spawn::{self, FIRST_FD};
 use crate::sys;
 
@@ -212,6 +213,7 @@ impl Builder {
             parent_exited: Event::new(),
             finish_requested: Event::new(),
         });
+        report::claim(&mut inner.registry());
         if let Some(reader) = parent_reader {
             let watcher = inner.clone();
             std::thread::Builder::new()
@@ -457,6 +459,7 @@ impl Upgrader {
                 name,
                 "closed an inherited descriptor that this generation did not ask for"
             );
+            report::unclaimed(inner.pid, &name);
         }
         if let Some(link) = &inner.parent_link {
             if let Err(err) = link::send(link, &Message::Ready) {
@@ -514,11 +517,16 @@ impl Upgrader {
             Err(err) => {
                 *state = State::Ready;
                 tracing::error!(pid = inner.pid, %err, "upgrade failed; this generation keeps serving");
+                report::upgrade_failed(inner.pid, &err);
                 return Err(err);
             }
         };
         *state = State::Replaced { successor: child };
         drop(state);
+        report::send(&report::Report::Upgraded {
+            pid: inner.pid,
+            successor: child,
+        });
 
         inner.registry().release();
         inner.replaced.set();

@@ -30,7 +30,8 @@
 //! This crate re-exports [`graceful_tokio`] (the listener, tracked connections, triggers and
 //! drain) and the error type of [`graceful_core`] (the runtime-agnostic mechanism). With the
 //! feature `hyper`, `serve` runs a hyper service across upgrades; with `axum`, `axum::serve`
-//! runs a Router.
+//! runs a Router. With `testing` (Linux, for dev-dependencies), `graceful::testing` is a
+//! `cargo test` harness that starts your server as a real process and upgrades it under load.
 
 #![warn(missing_docs)]
 #![cfg(unix)]
@@ -46,3 +47,8 @@ pub use graceful_hyper::{Serve, serve};
 pub mod axum {
     pub use graceful_hyper::axum::serve;
 }
+
+/// A `cargo test` harness for your server's upgrades (feature `testing`, Linux): see
+/// [`graceful_testing`].
+#[cfg(all(feature = "testing", target_os = "linux"))]
+pub use graceful_testing as testing;

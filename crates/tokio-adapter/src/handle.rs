@@ -406,6 +406,11 @@ impl Graceful {
         } else {
             tracing::warn!(pid = std::process::id(), %report, "drain ended with open connections");
         }
+        // Inert unless a test harness started this server.
+        let outcome = format!("{:?}", report.outcome);
+        self.inner
+            .upgrader
+            .report_drained(report.open_at_start, report.abandoned, &outcome);
         report
     }
 

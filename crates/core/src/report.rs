@@ -1,0 +1,259 @@
+//! An opt-in report of what happens to each generation, for a test harness that started the
+//! server (the `graceful-testing` crate) and has to learn the outcome of every upgrade without
+//! reading the server's output.
+//!
+//! Inert unless the process inherited a descriptor named [`NAME`], which
+//! [`Handover::report`](crate::Handover::report) hands over: nothing in production passes one,
+//! and a process without it sends nothing. The descriptor is claimed when the upgrader is built,
+//! so it is handed over to every later generation with the listeners and never closed as
+//! unclaimed.
+//!
+//! The channel is a Unix datagram socket shared by every generation; each message is one
+//! datagram of text, so messages from several processes never interleave:
+//!
+//! - `unclaimed <pid> <what>`: an inherited descriptor that this process did not ask for,
+//!   closed when it became ready (`what` describes it: `a TCP listener on 127.0.0.1:8080`).
+//! - `upgraded <pid> <successor>`: the successor is ready; this process winds down now.
+//! - `upgrade-failed <pid> <reason>`: the upgrade failed; this process keeps serving.
+//! - `drained <pid> <open_at_start> <abandoned> <outcome>`: the drain ended (sent by runtime
+//!   adapters through [`Upgrader::report_drained`]).
+//!
+//! Messages are sent without blocking: if the harness does not read, they are dropped, and the
+//! server is never slowed down.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::OnceLock;
+
+use crate::error::Error;
+use crate::name::FdName;
+use crate::registry::Registry;
+use crate::sys;
+use crate::upgrader::Upgrader;
+
+/// The name under which the report channel is handed over, as a named file.
+pub(crate) const NAME: &str = "graceful-report";
+
+/// The longest reason sent; a datagram must stay well below the socket's buffer.
+const MAX_REASON: usize = 4096;
+
+/// This process's end of the channel, if a harness passed one. One upgrader per process, so one
+/// channel.
+static CHANNEL: OnceLock<OwnedFd> = OnceLock::new();
+
+/// What a generation tells the harness that started the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Report {
+    /// An inherited descriptor that process `pid` did not ask for; it was closed when the
+    /// process became ready.
+    Unclaimed {
+        /// The process that did not adopt it.
+        pid: u32,
+        /// What it was: `a TCP listener on 127.0.0.1:8080`.
+        what: String,
+    },
+    /// Process `pid` was replaced: `successor` is ready and serves.
+    Upgraded {
+        /// The replaced process.
+        pid: u32,
+        /// The new generation.
+        successor: u32,
+    },
+    /// An upgrade of process `pid` failed; it keeps serving.
+    UpgradeFailed {
+        /// The process that tried to upgrade.
+        pid: u32,
+        /// The error, as the process logged it.
+        reason: String,
+    },
+    /// Process `pid` finished draining its connections.
+    Drained {
+        /// The drained process.
+        pid: u32,
+        /// Connections open when the drain began.
+        open_at_start: usize,
+        /// Connections still open when it ended.
+        abandoned: usize,
+        /// Why it ended, as the adapter names it (`Drained`, `Deadline`, `CutShort`).
+        outcome: String,
+    },
+}
+
+impl Report {
+    /// Reads a message as sent on the channel; `None` for anything else, such as a message of
+    /// a newer version.
+    pub fn decode(datagram: &[u8]) -> Option<Report> {
+        let text = std::str::from_utf8(datagram).ok()?;
+        let (kind, rest) = text.split_once(' ')?;
+        let (pid, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        let pid = pid.parse().ok()?;
+        Some(match kind {
+            "unclaimed" => Report::Unclaimed {
+                pid,
+                what: rest.to_owned(),
+            },
+            "upgraded" => Report::Upgraded {
+                pid,
+                successor: rest.parse().ok()?,
+            },
+            "upgrade-failed" => Report::UpgradeFailed {
+                pid,
+                reason: rest.to_owned(),
+            },
+            "drained" => {
+                let mut fields = rest.split(' ');
+                let open_at_start = fields.next()?.parse().ok()?;
+                let abandoned = fields.next()?.parse().ok()?;
+                let outcome = fields.next()?.to_owned();
+                Report::Drained {
+                    pid,
+                    open_at_start,
+                    abandoned,
+                    outcome,
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    fn encode(&self) -> String {
+        match self {
+            Report::Unclaimed { pid, what } => format!("unclaimed {pid} {what}"),
+            Report::Upgraded { pid, successor } => format!("upgraded {pid} {successor}"),
+            Report::UpgradeFailed { pid, reason } => format!("upgrade-failed {pid} {reason}"),
+            Report::Drained {
+                pid,
+                open_at_start,
+                abandoned,
+                outcome,
+            } => format!("drained {pid} {open_at_start} {abandoned} {outcome}"),
+        }
+    }
+}
+
+/// Takes the report channel if this process inherited one, and registers it so that the next
+/// generation inherits it too. Called once, when the upgrader is built.
+pub(crate) fn claim(registry: &mut Registry) {
+    let not_inherited = || Err(std::io::ErrorKind::NotFound.into());
+    match registry.inherit_or_create(FdName::File(NAME.to_owned()), not_inherited) {
+        Ok((fd, _)) => {
+            tracing::debug!("reporting upgrade outcomes to the harness that started this server");
+            let _ = CHANNEL.set(fd);
+        }
+        // Not started by a harness: the normal case.
+        Err(Error::Create { .. }) => {}
+        Err(err) => tracing::warn!(%err, "cannot take the harness's report channel"),
+    }
+}
+
+/// Sends `report` if a harness listens; never blocks, never fails.
+pub(crate) fn send(report: &Report) {
+    let Some(channel) = CHANNEL.get() else {
+        return;
+    };
+    if let Err(err) = sys::send_datagram(channel.as_fd(), report.encode().as_bytes()) {
+        tracing::debug!(%err, ?report, "cannot report to the harness");
+    }
+}
+
+/// `unclaimed`, for an inherited descriptor closed at `ready()`; names it for humans.
+pub(crate) fn unclaimed(pid: u32, name: &str) {
+    let what = FdName::decode(name).map_or_else(|| format!("{name:?}"), |n| n.to_string());
+    send(&Report::Unclaimed { pid, what });
+}
+
+/// `upgrade-failed`, with the error's message.
+pub(crate) fn upgrade_failed(pid: u32, err: &Error) {
+    let reason = one_line(&err.to_string());
+    send(&Report::UpgradeFailed { pid, reason });
+}
+
+/// A message on one line, cut at a character boundary to at most [`MAX_REASON`] bytes.
+fn one_line(message: &str) -> String {
+    let mut line = message.replace('\n', " ");
+    if line.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    line
+}
+
+impl Upgrader {
+    /// Tells the test harness that started this server, if one did, how the drain ended: how
+    /// many connections were open when it began, how many were abandoned, and why it ended
+    /// (`outcome`, one word). For runtime adapters, which call it at the end of their drain;
+    /// does nothing in a server not started by a harness.
+    pub fn report_drained(&self, open_at_start: usize, abandoned: usize, outcome: &str) {
+        let outcome = if outcome.is_empty() || outcome.contains(char::is_whitespace) {
+            "Other"
+        } else {
+            outcome
+        };
+        send(&Report::Drained {
+            pid: self.pid(),
+            open_at_start,
+            abandoned,
+            outcome: outcome.to_owned(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let reports = [
+            Report::Unclaimed {
+                pid: 7,
+                what: "a TCP listener on 127.0.0.1:80".into(),
+            },
+            Report::Upgraded {
+                pid: 7,
+                successor: 8,
+            },
+            Report::UpgradeFailed {
+                pid: 7,
+                reason: "cannot start /x: execve failed: No such file".into(),
+            },
+            Report::Drained {
+                pid: 7,
+                open_at_start: 3,
+                abandoned: 1,
+                outcome: "Deadline".into(),
+            },
+        ];
+        for report in reports {
+            assert_eq!(
+                Report::decode(report.encode().as_bytes()),
+                Some(report.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn foreign_messages_are_not_reports() {
+        for foreign in [
+            &b"hello"[..],
+            b"upgraded x 8",
+            b"upgraded 7 eight",
+            b"drained 7 1",
+            b"\xff\xfe",
+            b"",
+        ] {
+            assert_eq!(Report::decode(foreign), None, "{foreign:?}");
+        }
+    }
+
+    #[test]
+    fn a_reason_is_one_bounded_line() {
+        assert_eq!(one_line("a\nb"), "a b");
+        let long = one_line(&"\u{e9}".repeat(MAX_REASON));
+        assert!(long.len() <= MAX_REASON && long.len() > MAX_REASON - 2);
+        assert!(long.chars().all(|c| c == '\u{e9}'));
+    }
+}

@@ -1,0 +1,122 @@
+//! The platform doorway: signals, reaping, pidfds and pipes, each turned into `io::Result`.
+//!
+//! The harness is the parent of the first generation only. Later generations are started by
+//! the server itself; the harness makes itself a child subreaper, so that a generation whose
+//! parent has exited becomes its child, and it can collect that generation's exit status and
+//! reap it instead of leaving it to init.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::libc;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+/// Makes this process the reaper of its orphaned descendants. Process-wide and idempotent.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `signal` to process `pid`.
+pub(crate) fn signal(pid: u32, signal: Signal) -> io::Result<()> {
+    kill(as_pid(pid), signal).map_err(io::Error::from)
+}
+
+/// Kills every process of group `pgid`; a group that has gone is not an error.
+pub(crate) fn kill_group(pgid: u32) {
+    match killpg(as_pid(pgid), Signal::SIGKILL) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(err) => tracing::warn!(pgid, %err, "cannot kill the server's process group"),
+    }
+}
+
+/// Reaps every process of group `pgid` as it ends, until none is left or `timeout` runs out.
+/// For use once the group has been killed: it polls, because members that are not yet our
+/// children become ours only when their parent exits.
+pub(crate) fn reap_group(pgid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // 0: members are alive but none has ended; -1: none is our child (yet).
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a local.
+        while unsafe { libc::waitpid(-(pgid as libc::pid_t), &mut status, libc::WNOHANG) } > 0 {}
+        if killpg(as_pid(pgid), None).is_err() || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What became of a process that has ended.
+pub(crate) enum Reaped {
+    /// It was our child; here is how it ended.
+    Status(ExitStatus),
+    /// Another process reaped it (its parent, still alive when it ended).
+    Elsewhere,
+}
+
+/// Reaps `pid`, which has ended. If it is a zombie that is not (yet) our child, waits up to
+/// `timeout` for it to become ours (its parent exiting) or to be reaped by its parent.
+pub(crate) fn reap_ended(pid: u32, timeout: Duration) -> Reaped {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a local.
+        let ret = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        if ret == pid as libc::pid_t {
+            return Reaped::Status(ExitStatus::from_raw(status));
+        }
+        let interrupted = ret < 0 && Errno::last() == Errno::EINTR;
+        if !interrupted && (!exists(pid) || Instant::now() >= deadline) {
+            return Reaped::Elsewhere;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether a process with this pid exists; a zombie does.
+pub(crate) fn exists(pid: u32) -> bool {
+    matches!(kill(as_pid(pid), None), Ok(()) | Err(Errno::EPERM))
+}
+
+/// A descriptor that becomes readable when process `pid` ends (Linux 5.3 and later).
+pub(crate) fn pidfd(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel has just opened for us, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+fn as_pid(pid: u32) -> Pid {
+    Pid::from_raw(pid as libc::pid_t)
+}
+
+/// Whether process `pid` exists and has not ended: a zombie has ended.
+pub(crate) fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may contain anything.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z" | "X"))
+}

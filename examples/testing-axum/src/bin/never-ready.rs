@@ -1,0 +1,33 @@
+//! The server with a bug: it serves on graceful's listener with plain `axum::serve` and never
+//! calls `graceful::ready()`. Clients are answered, but an upgrade would wait for it in vain,
+//! and the harness reports a readiness timeout.
+
+use std::process::ExitCode;
+
+use graceful_example_testing_axum::{addr, app};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let addr = match addr() {
+        Ok(addr) => addr,
+        Err(problem) => {
+            eprintln!("testing-axum-never-ready: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match graceful::listen(addr.as_str()).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("testing-axum-never-ready: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("serving, but never ready");
+    match axum::serve(listener, app()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("testing-axum-never-ready: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
