@@ -129,10 +129,7 @@ fn one(connections: usize) -> Result<Sample, String> {
 /// connections at a boundary when replaced, and reports its drain.
 pub(crate) fn serve(_flags: &Flags) -> Result<(), String> {
     crate::runtime()?.block_on(async {
-        let graceful = graceful::Builder::new()
-            .upgrade_timeout(STEP)
-            .install()
-            .map_err(|e| format!("cannot install graceful: {e}"))?;
+        let graceful = crate::install_server()?;
         let mut listener = graceful
             .listen(LOOPBACK)
             .await

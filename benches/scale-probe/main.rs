@@ -261,6 +261,30 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start a tokio runtime: {e}"))
 }
 
+/// Installs the process's graceful handle for a server role: SIGTERM and SIGINT stop, as in the
+/// examples, and SIGHUP calls [`graceful::Graceful::upgrade`], which is what the library's own
+/// SIGHUP handler does, except that a failed upgrade is printed on stdout
+/// (`failed upgrade: <why>`) for the probe, which otherwise would only see no new generation.
+/// Must run inside the runtime.
+fn install_server() -> Result<graceful::Graceful, String> {
+    let graceful = graceful::Builder::new()
+        .upgrade_timeout(STEP)
+        .upgrade_signal(None)
+        .install()
+        .map_err(|e| format!("cannot install graceful: {e}"))?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+    let upgrader = graceful.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            if let Err(err) = upgrader.upgrade().await {
+                println!("failed upgrade: {err}");
+            }
+        }
+    });
+    Ok(graceful)
+}
+
 /// Stops `graceful` (no successor; its listeners end) when the probe that started this process
 /// closes its stdin, or has gone.
 fn stop_when_stdin_closes(graceful: &graceful::Graceful) {

@@ -10,7 +10,8 @@
 //! - A role holds the write end of no pipe: its stdin is a pipe whose write end only the probe
 //!   holds. A role that sees end of file on stdin (the probe has gone, even by SIGKILL) stops,
 //!   so nothing outlives the probe.
-//! - Every wait has a deadline and says what it waited for when it fails.
+//! - Every wait has a deadline and says what it waited for when it fails. A line `failed …` ends
+//!   the wait at once with that reason: a role reports a failure it survives that way.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -163,6 +164,12 @@ impl Process {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(report) if wanted(&report) => return Ok(report),
+                Ok(report) if report.kind == "failed" => {
+                    return Err(format!(
+                        "while waiting for {what}, the {} reported: {}",
+                        self.name, report.line
+                    ));
+                }
                 Ok(report) => self.unclaimed.push(report),
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(format!(

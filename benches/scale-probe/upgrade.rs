@@ -1,8 +1,8 @@
 //! `scale-probe upgrade --sockets N [--samples K]`: how the upgrade time grows with the number
 //! of inherited listeners, next to the time a fresh start takes with as many.
 //!
-//! The server is this binary in the role `serve-sockets`: it installs graceful (SIGHUP
-//! upgrades, SIGTERM stops, as in the examples), creates N TCP listeners on 127.0.0.1:0, calls
+//! The server is this binary in the role `serve-sockets`: it installs graceful (SIGHUP upgrades,
+//! SIGTERM stops; see `install_server`), creates N TCP listeners on 127.0.0.1:0, calls
 //! `ready()`, prints `ready pid=… generation=… sockets=N`, and waits. The listeners are not
 //! polled: what is measured is handing them over, not accepting from them.
 //!
@@ -23,10 +23,12 @@ use crate::json::{self, Object};
 use crate::procs::{self, Process};
 use crate::{Failure, STEP};
 
-/// Descriptors a server with `sockets` listeners needs: graceful keeps its own duplicate of
-/// each listener for the next handover, plus the runtime's and the process's own.
+/// Descriptors a server with `sockets` listeners needs to upgrade: graceful keeps its own
+/// duplicate of each listener for the next handover, and the forked child duplicates each once
+/// more above the target range before placing them at fd 3 onward; plus the runtime's and the
+/// process's own.
 fn descriptors(sockets: usize) -> u64 {
-    2 * sockets as u64 + 64
+    3 * sockets as u64 + 64
 }
 
 /// Measures and returns the probe's JSON object.
@@ -107,10 +109,7 @@ pub(crate) fn serve(flags: &Flags) -> Result<(), String> {
     let sockets = flags.count("sockets", 1)?;
     procs::allow_descriptors(descriptors(sockets))?;
     crate::runtime()?.block_on(async {
-        let graceful = graceful::Builder::new()
-            .upgrade_timeout(STEP)
-            .install()
-            .map_err(|e| format!("cannot install graceful: {e}"))?;
+        let graceful = crate::install_server()?;
         let mut listeners = Vec::with_capacity(sockets);
         for _ in 0..sockets {
             let listener = graceful
