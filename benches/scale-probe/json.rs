@@ -128,3 +128,52 @@ fn rank(sorted: &[f64], quantile: f64) -> f64 {
     let rank = (quantile * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_escaped() {
+        let line = Object::new("drain")
+            .text_field("error", "a \"quoted\" path\\name\nline\u{1}")
+            .finish();
+        assert_eq!(
+            line,
+            r#"{"probe":"drain","error":"a \"quoted\" path\\name\nline\u0001"}"#
+        );
+    }
+
+    #[test]
+    fn fields_nest_in_order() {
+        let line = Object::new("upgrade")
+            .int("sockets", 3_u64)
+            .float("ratio", 0.5)
+            .float("nothing", f64::NAN)
+            .object("inner", Object::nested().int("n", 1_u64))
+            .finish();
+        assert_eq!(
+            line,
+            r#"{"probe":"upgrade","sockets":3,"ratio":0.500,"nothing":null,"inner":{"n":1}}"#
+        );
+    }
+
+    #[test]
+    fn timings_are_min_median_nearest_rank_p95_max() {
+        let ms = |n: u64| Duration::from_millis(n);
+        // Unsorted on purpose; 20 samples, so the p95 is the 19th smallest.
+        let samples: Vec<Duration> = (1..=20).rev().map(ms).collect();
+        assert_eq!(
+            timings(&samples).finish(),
+            r#"{"min":1.000,"median":10.500,"p95":19.000,"max":20.000}"#
+        );
+        assert_eq!(
+            timings(&[ms(3), ms(1), ms(2)]).finish(),
+            r#"{"min":1.000,"median":2.000,"p95":3.000,"max":3.000}"#
+        );
+        assert_eq!(
+            spread(&[]).finish(),
+            r#"{"min":null,"median":null,"max":null}"#
+        );
+    }
+}
