@@ -47,11 +47,20 @@ impl Flags {
             .map_err(|_| format!("--{name} {raw:?} is not a valid value"))
     }
 
-    /// A count that must be at least 1.
+    /// A count that must be at least 1, or `default` when it is absent.
     pub(crate) fn count(&self, name: &str, default: usize) -> Result<usize, String> {
-        match self.value(name, default)? {
-            0 => Err(format!("--{name} must be at least 1")),
-            n => Ok(n),
-        }
+        at_least_one(name, self.value(name, default)?)
+    }
+
+    /// A count that must be given, and be at least 1.
+    pub(crate) fn required_count(&self, name: &str) -> Result<usize, String> {
+        at_least_one(name, self.required(name)?)
+    }
+}
+
+fn at_least_one(name: &str, count: usize) -> Result<usize, String> {
+    match count {
+        0 => Err(format!("--{name} must be at least 1")),
+        n => Ok(n),
     }
 }

@@ -25,9 +25,9 @@ impl Object {
         self
     }
 
-    pub(crate) fn int(mut self, key: &str, value: impl Into<i128>) -> Object {
+    pub(crate) fn int(mut self, key: &str, value: u64) -> Object {
         self.key(key);
-        let _ = write!(self.text, "{}", value.into());
+        let _ = write!(self.text, "{value}");
         self
     }
 
@@ -147,10 +147,10 @@ mod tests {
     #[test]
     fn fields_nest_in_order() {
         let line = Object::new("upgrade")
-            .int("sockets", 3_u64)
+            .int("sockets", 3)
             .float("ratio", 0.5)
             .float("nothing", f64::NAN)
-            .object("inner", Object::nested().int("n", 1_u64))
+            .object("inner", Object::nested().int("n", 1))
             .finish();
         assert_eq!(
             line,

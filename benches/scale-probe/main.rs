@@ -160,10 +160,11 @@ fn main() -> ExitCode {
     let outcome = match command.as_str() {
         "upgrade" | "drain" | "memory" | "all" => measure(command, rest),
         // Roles: this binary, started by a probe.
-        "serve-sockets" => role(rest, &["sockets"], upgrade::serve),
-        "serve-echo" => role(rest, &[], drain::serve),
-        "serve-memory" => role(rest, &["kind", "connections"], memory::serve),
+        "serve-sockets" => role(command, rest, &["sockets"], upgrade::serve),
+        "serve-echo" => role(command, rest, &[], drain::serve),
+        "serve-memory" => role(command, rest, &["kind", "connections"], memory::serve),
         "hold" => role(
+            command,
             rest,
             &["addr", "connections", "hello", "hold-seconds"],
             hold::run,
@@ -194,13 +195,13 @@ fn measure(command: &str, args: &[String]) -> Result<bool, Usage> {
         "upgrade" => {
             let flags = Flags::parse(args, &["sockets", "samples"]).map_err(Usage)?;
             vec![Probe::Upgrade {
-                sockets: flags.required("sockets").map_err(Usage)?,
+                sockets: flags.required_count("sockets").map_err(Usage)?,
                 samples: flags.count("samples", 10).map_err(Usage)?,
             }]
         }
         _ => {
             let flags = Flags::parse(args, &["connections", "samples"]).map_err(Usage)?;
-            let connections = flags.required("connections").map_err(Usage)?;
+            let connections = flags.required_count("connections").map_err(Usage)?;
             let samples = flags.count("samples", 3).map_err(Usage)?;
             if command == "drain" {
                 vec![Probe::Drain {
@@ -215,16 +216,6 @@ fn measure(command: &str, args: &[String]) -> Result<bool, Usage> {
             }
         }
     };
-    if let Some(zero) = probes.iter().find(|p| {
-        matches!(
-            p,
-            Probe::Upgrade { sockets: 0, .. }
-                | Probe::Drain { connections: 0, .. }
-                | Probe::Memory { connections: 0, .. }
-        )
-    }) {
-        return Err(Usage(format!("{zero:?}: N must be at least 1")));
-    }
     if let Err(problem) = procs::prepare() {
         eprintln!("scale-probe: {problem}");
         return Ok(false);
@@ -239,6 +230,7 @@ fn measure(command: &str, args: &[String]) -> Result<bool, Usage> {
 
 /// Runs a role with its flags; a failure is printed on stderr and fails the exit status.
 fn role(
+    name: &str,
     args: &[String],
     known: &[&str],
     run: fn(&Flags) -> Result<(), String>,
@@ -247,7 +239,7 @@ fn role(
     match run(&flags) {
         Ok(()) => Ok(true),
         Err(problem) => {
-            eprintln!("scale-probe {}: {problem}", std::process::id());
+            eprintln!("scale-probe {name} (pid {}): {problem}", std::process::id());
             Ok(false)
         }
     }

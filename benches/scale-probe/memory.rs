@@ -134,7 +134,7 @@ pub(crate) fn serve(flags: &Flags) -> Result<(), String> {
                 let listener = tokio::net::TcpListener::bind(LOOPBACK)
                     .await
                     .map_err(|e| format!("cannot listen on {LOOPBACK}: {e}"))?;
-                announce(kind, listener.local_addr());
+                announce(kind, listener.local_addr())?;
                 hold(connections, async || {
                     listener.accept().await.map(|(conn, _)| conn)
                 })
@@ -153,7 +153,7 @@ pub(crate) fn serve(flags: &Flags) -> Result<(), String> {
                 graceful
                     .ready()
                     .map_err(|e| format!("graceful ready failed: {e}"))?;
-                announce(kind, listener.local_addr());
+                announce(kind, listener.local_addr())?;
                 hold(connections, async || match listener.accept().await {
                     Some((conn, _)) => Ok(conn),
                     None => Err(io::Error::other("the graceful listener ended")),
@@ -164,11 +164,11 @@ pub(crate) fn serve(flags: &Flags) -> Result<(), String> {
     })
 }
 
-fn announce(kind: Kind, addr: io::Result<std::net::SocketAddr>) {
-    match addr {
-        Ok(addr) => println!("listening kind={kind} addr={addr}"),
-        Err(err) => eprintln!("scale-probe serve-memory: cannot read the address: {err}"),
-    }
+/// `listening kind=… addr=…`, for the probe to start the clients.
+fn announce(kind: Kind, addr: io::Result<std::net::SocketAddr>) -> Result<(), String> {
+    let addr = addr.map_err(|e| format!("cannot read the listener's address: {e}"))?;
+    println!("listening kind={kind} addr={addr}");
+    Ok(())
 }
 
 /// Accepts `connections` into a vector reserved beforehand and prints the RSS before and after;

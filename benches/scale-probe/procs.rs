@@ -7,9 +7,9 @@
 //!   into. Dropping it (a finished probe, an error, a panic) kills the group and reaps it. The
 //!   probe is a child subreaper, so generations orphaned by their parent's exit become its
 //!   children and are reaped too, not left as zombies.
-//! - A role holds the write end of no pipe: its stdin is a pipe whose write end only the probe
-//!   holds. A role that sees end of file on stdin (the probe has gone, even by SIGKILL) stops,
-//!   so nothing outlives the probe.
+//! - A role's stdin is a pipe whose write end only the probe holds. A role that reads end of
+//!   file there (the probe is done with it, or has gone, even by SIGKILL) stops, so nothing
+//!   outlives the probe.
 //! - Every wait has a deadline and says what it waited for when it fails. A line `failed …` ends
 //!   the wait at once with that reason: a role reports a failure it survives that way.
 
