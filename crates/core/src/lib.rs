@@ -61,6 +61,7 @@ mod error;
 mod event;
 mod link;
 mod name;
+mod notify;
 mod pidfile;
 mod registry;
 mod spawn;
