@@ -45,7 +45,7 @@ async fn main() -> ExitCode {
 
 async fn serve(config: server::Config) -> Result<(), graceful::Error> {
     let graceful = config.install()?;
-    let mut listener = graceful.listen(config.addr.as_str()).await?;
+    let mut listener = config.listen(&graceful).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| graceful::Error::io("reading the listener's address", e))?;

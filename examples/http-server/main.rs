@@ -1,7 +1,9 @@
 //! An axum server that survives binary upgrades with no failed request.
 //!
 //! ```text
-//! http-server [--addr 127.0.0.1:8080] [--pid-file PATH] [--upgrade-timeout 60s] [--drain-timeout 30s]
+//! http-server [--addr 127.0.0.1:8080 | --fd-name NAME] [--pid-file PATH] [--control-socket PATH]
+//!             [--upgrade-timeout 60s] [--drain-timeout 30s]
+//! http-server upgrade --control-socket PATH [--timeout 90s]
 //! ```
 //!
 //! - `GET /` answers `hello from <pid>`.
@@ -11,6 +13,12 @@
 //!
 //! `kill -HUP` upgrades it; SIGTERM stops it. Like `echo-server`, each generation prints
 //! `ready pid=… generation=… addr=…` when it serves and `exited pid=… …` when it exits.
+//!
+//! With `--control-socket`, `http-server upgrade --control-socket PATH` upgrades it too, and
+//! reports the outcome: `upgraded pid=…` and exit status 0 once the new generation serves, or
+//! the reason and status 1. Under systemd, a socket passed by socket activation is adopted: the
+//! one bound to `--addr`, or the one named `--fd-name` (the socket unit's
+//! `FileDescriptorName=`); see `examples/systemd/`.
 
 #[path = "../common/args.rs"]
 mod args;
@@ -37,7 +45,7 @@ async fn main() -> ExitCode {
 
 async fn serve(config: server::Config) -> Result<(), graceful::Error> {
     let graceful = config.install()?;
-    let listener = graceful.listen(config.addr.as_str()).await?;
+    let listener = config.listen(&graceful).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| graceful::Error::io("reading the listener's address", e))?;
