@@ -116,7 +116,12 @@ fn a_socket_passed_under_its_own_name_is_adopted_by_that_name_and_keeps_it() {
 #[test]
 fn asking_by_name_for_what_was_not_passed_says_what_was() {
     let setup = passed("web:metrics");
-    if scenario("asking_by_name_for_what_was_not_passed_says_what_was", setup).is_none() {
+    if scenario(
+        "asking_by_name_for_what_was_not_passed_says_what_was",
+        setup,
+    )
+    .is_none()
+    {
         return;
     }
     let udp = passed_addr("PASSED_UDP");
