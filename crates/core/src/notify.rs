@@ -12,7 +12,9 @@
 //!   accepting or exit. Sending it from the old process is what makes it heard under the default
 //!   `NotifyAccess=main`, where systemd drops every message from any other pid. If the new process
 //!   sent it, a service left at the default would keep the old pid as its main process, and
-//!   systemd would take the old process's exit for the service's end.
+//!   systemd would take the old process's exit for the service's end. (The new main process
+//!   is not the manager's own child; the README's systemd section says what that means for
+//!   `systemctl stop`.)
 //! - An upgrade fails: `READY=1` with a `STATUS=` line that says why; the old process serves on.
 //! - A graceful stop without successor: `STOPPING=1`. A replaced process, draining, never sends
 //!   it: the service is its successor now, and `STOPPING=1` would stop the service.

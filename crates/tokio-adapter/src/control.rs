@@ -256,7 +256,7 @@ async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream
     let reply = match read {
         Ok(Ok(_)) if request.ends_with('\n') => respond(&graceful, request.trim()).await,
         Ok(Ok(_)) => "error the request must be one line, ending with a newline".to_owned(),
-        Ok(Err(err)) => format!("error reading the request failed: {err}"),
+        Ok(Err(err)) => format!("error cannot read the request: {err}"),
         Err(_) => format!("error no request within {REQUEST_TIMEOUT:?}"),
     };
     let reply = format!("{}\n", reply.replace(['\n', '\r'], " "));
