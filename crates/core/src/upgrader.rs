@@ -305,7 +305,9 @@ impl Upgrader {
     }
 
     /// A TCP listener on `addr`: the one inherited from the previous generation under that
-    /// address, or a new one bound now (close-on-exec, `SO_REUSEADDR`, the configured backlog).
+    /// address, or passed by the service manager bound to it (socket activation, whatever name
+    /// it was passed under), or a new one bound now (close-on-exec, `SO_REUSEADDR`, the
+    /// configured backlog). The other methods for sockets find passed sockets the same way.
     ///
     /// Port 0 binds a free port; the listener is handed over under the port the kernel chose,
     /// and a next generation asking for port 0 on the same IP again gets it back.
