@@ -14,8 +14,15 @@ pub(crate) struct Flags {
 impl Flags {
     /// Reads `--name value` pairs from the command line; every name must be in `known`.
     pub(crate) fn parse(known: &[&str]) -> Result<Flags, String> {
+        Flags::parse_from(std::env::args().skip(1), known)
+    }
+
+    /// Reads `--name value` pairs from `args`; every name must be in `known`.
+    pub(crate) fn parse_from(
+        mut args: impl Iterator<Item = String>,
+        known: &[&str],
+    ) -> Result<Flags, String> {
         let mut values = HashMap::new();
-        let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let name = arg
                 .strip_prefix("--")

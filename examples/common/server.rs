@@ -1,6 +1,8 @@
-//! What the example servers share: their command line, their logging, and the lines each
-//! generation prints on stdout for scripts: `ready pid=… generation=… addr=…` once it serves,
-//! `stopped pid=… successor=…` once it stops accepting, and `exited pid=… …` once it has drained.
+//! What the example servers share: their command line, their logging, the lines each
+//! generation prints on stdout for scripts (`ready pid=… generation=… addr=…` once it serves,
+//! `stopped pid=… successor=…` once it stops accepting, `exited pid=… …` once it has drained),
+//! and the `upgrade` subcommand, which upgrades a running server through its control socket and
+//! reports whether it worked (`upgraded pid=…`, or the reason and exit status 1).
 
 use std::fmt::Display;
 use std::future::Future;
@@ -9,10 +11,16 @@ use std::time::Duration;
 
 use crate::args::Flags;
 
+/// How long `upgrade` waits for the answer by default: systemd's default reload timeout, longer
+/// than the servers' default upgrade timeout, which bounds the answer.
+const UPGRADE_COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+
 pub(crate) struct Config {
     pub(crate) addr: String,
     pub(crate) drain_timeout: Duration,
+    fd_name: Option<String>,
     pid_file: Option<String>,
+    control_socket: Option<String>,
     upgrade_timeout: Duration,
 }
 
@@ -23,12 +31,27 @@ impl Config {
         if let Some(pid_file) = &self.pid_file {
             builder = builder.pid_file(pid_file);
         }
+        if let Some(control_socket) = &self.control_socket {
+            builder = builder.control_socket(control_socket);
+        }
         builder.install()
+    }
+
+    /// The server's listener: the socket the service manager passed under `--fd-name`, or the
+    /// one for `--addr` (a passed socket bound to that address is adopted too).
+    pub(crate) async fn listen(
+        &self,
+        graceful: &graceful::Graceful,
+    ) -> Result<graceful::TcpListener, graceful::Error> {
+        match &self.fd_name {
+            Some(name) => graceful.listen_named(name).await,
+            None => graceful.listen(self.addr.as_str()).await,
+        }
     }
 }
 
-/// Parses `--addr`, `--pid-file`, `--upgrade-timeout` and `--drain-timeout`, logs to stderr,
-/// runs `serve`, and turns its outcome into the exit code (2 for a bad command line).
+/// Parses the command line, logs to stderr, runs `serve` (or the `upgrade` subcommand), and
+/// turns its outcome into the exit code (2 for a bad command line).
 pub(crate) async fn main<F>(
     name: &str,
     default_addr: &str,
@@ -43,13 +66,19 @@ where
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = match config(default_addr) {
+    let usage = format!(
+        "usage: {name} [--addr {default_addr} | --fd-name NAME] [--pid-file PATH] \
+         [--control-socket PATH] [--upgrade-timeout 60s] [--drain-timeout 30s]\n       \
+         {name} upgrade --control-socket PATH [--timeout 90s]"
+    );
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().is_some_and(|arg| arg == "upgrade") {
+        return upgrade(name, args.skip(1), &usage).await;
+    }
+    let config = match config(args, default_addr) {
         Ok(config) => config,
         Err(problem) => {
-            eprintln!(
-                "{name}: {problem}\nusage: {name} [--addr {default_addr}] [--pid-file PATH] \
-                 [--upgrade-timeout 60s] [--drain-timeout 30s]"
-            );
+            eprintln!("{name}: {problem}\n{usage}");
             return ExitCode::from(2);
         }
     };
@@ -62,14 +91,63 @@ where
     }
 }
 
-fn config(default_addr: &str) -> Result<Config, String> {
-    let flags = Flags::parse(&["addr", "pid-file", "upgrade-timeout", "drain-timeout"])?;
+fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Config, String> {
+    let flags = Flags::parse_from(
+        args,
+        &[
+            "addr",
+            "fd-name",
+            "pid-file",
+            "control-socket",
+            "upgrade-timeout",
+            "drain-timeout",
+        ],
+    )?;
+    if flags.text("addr").is_some() && flags.text("fd-name").is_some() {
+        return Err("--addr and --fd-name exclude each other".into());
+    }
     Ok(Config {
         addr: flags.text("addr").unwrap_or_else(|| default_addr.into()),
+        fd_name: flags.text("fd-name"),
         pid_file: flags.text("pid-file"),
+        control_socket: flags.text("control-socket"),
         upgrade_timeout: flags.duration("upgrade-timeout", Duration::from_secs(60))?,
         drain_timeout: flags.duration("drain-timeout", Duration::from_secs(30))?,
     })
+}
+
+/// `upgrade --control-socket PATH [--timeout 90s]`: upgrades the server listening there and
+/// prints `upgraded pid=…` once the new generation serves; exits 1 with the reason if it did
+/// not, and the old generation serves on.
+async fn upgrade(name: &str, args: impl Iterator<Item = String>, usage: &str) -> ExitCode {
+    let parsed = Flags::parse_from(args, &["control-socket", "timeout"]).and_then(|flags| {
+        let path = flags
+            .text("control-socket")
+            .ok_or("upgrade needs --control-socket PATH")?;
+        Ok((path, flags.duration("timeout", UPGRADE_COMMAND_TIMEOUT)?))
+    });
+    let (path, timeout) = match parsed {
+        Ok(parsed) => parsed,
+        Err(problem) => {
+            eprintln!("{name}: {problem}\n{usage}");
+            return ExitCode::from(2);
+        }
+    };
+    let asked = tokio::task::spawn_blocking(move || graceful::control::upgrade(path, timeout));
+    match asked.await {
+        Ok(Ok(pid)) => {
+            println!("upgraded pid={pid}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(err)) => {
+            eprintln!("{name} upgrade: {err}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("{name} upgrade: the request failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `ready pid=… generation=… addr=…`, once this generation serves.

@@ -1,7 +1,9 @@
 //! A line-based TCP echo server that survives binary upgrades.
 //!
 //! ```text
-//! echo-server [--addr 127.0.0.1:7000] [--pid-file PATH] [--upgrade-timeout 60s] [--drain-timeout 30s]
+//! echo-server [--addr 127.0.0.1:7000 | --fd-name NAME] [--pid-file PATH] [--control-socket PATH]
+//!             [--upgrade-timeout 60s] [--drain-timeout 30s]
+//! echo-server upgrade --control-socket PATH [--timeout 90s]
 //! ```
 //!
 //! Each line is answered with the line and the pid that answered: `hello` gets `hello 4242`. A
@@ -47,7 +49,7 @@ async fn main() -> ExitCode {
 
 async fn serve(config: server::Config) -> Result<(), graceful::Error> {
     let graceful = config.install()?;
-    let mut listener = graceful.listen(config.addr.as_str()).await?;
+    let mut listener = config.listen(&graceful).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| graceful::Error::io("reading the listener's address", e))?;

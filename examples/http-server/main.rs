@@ -1,7 +1,9 @@
 //! An axum server that survives binary upgrades with no failed request.
 //!
 //! ```text
-//! http-server [--addr 127.0.0.1:8080] [--pid-file PATH] [--upgrade-timeout 60s] [--drain-timeout 30s]
+//! http-server [--addr 127.0.0.1:8080 | --fd-name NAME] [--pid-file PATH] [--control-socket PATH]
+//!             [--upgrade-timeout 60s] [--drain-timeout 30s]
+//! http-server upgrade --control-socket PATH [--timeout 90s]
 //! ```
 //!
 //! - `GET /` answers `hello from <pid>`.
@@ -12,6 +14,12 @@
 //! `kill -HUP` upgrades it; SIGTERM stops it. Like `echo-server`, each generation prints
 //! `ready pid=… generation=… addr=…` when it serves, `stopped pid=… successor=…` when it stops
 //! accepting and `exited pid=… …` when it exits.
+//!
+//! With `--control-socket`, `http-server upgrade --control-socket PATH` upgrades it too, and
+//! reports the outcome: `upgraded pid=…` and exit status 0 once the new generation serves, or
+//! the reason and status 1. Under systemd, a socket passed by socket activation is adopted: the
+//! one bound to `--addr`, or the one named `--fd-name` (the socket unit's
+//! `FileDescriptorName=`); see `examples/systemd/`.
 
 #[path = "../common/args.rs"]
 mod args;
@@ -38,7 +46,7 @@ async fn main() -> ExitCode {
 
 async fn serve(config: server::Config) -> Result<(), graceful::Error> {
     let graceful = config.install()?;
-    let listener = graceful.listen(config.addr.as_str()).await?;
+    let listener = config.listen(&graceful).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| graceful::Error::io("reading the listener's address", e))?;
@@ -59,13 +67,17 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
     server::print_ready(&graceful, addr);
     // The accept task stops on the same signal.
     let stopping = graceful.clone();
-    tokio::spawn(async move {
+    let stopped = tokio::spawn(async move {
         stopping.upgrade_requested().await;
         server::print_stopped(&stopping);
     });
     let report = running
         .await
         .map_err(|e| graceful::Error::io("the server task failed", std::io::Error::other(e)))??;
+    // Let the line out before this process exits, however short the drain was.
+    if graceful.is_upgrade_requested() {
+        let _ = stopped.await;
+    }
     server::print_exited(&report);
     Ok(())
 }

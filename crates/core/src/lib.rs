@@ -68,6 +68,7 @@ mod event;
 mod handover;
 mod link;
 mod name;
+mod notify;
 mod pidfile;
 mod registry;
 mod report;

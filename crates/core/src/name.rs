@@ -24,6 +24,17 @@ pub(crate) enum FdName {
     Unix(PathBuf),
     UnixAbstract(Vec<u8>),
     File(String),
+    /// A listener asked for by the name the service manager passed it under (a socket unit's
+    /// `FileDescriptorName=`). It keeps that name when handed over, so that the next generation
+    /// finds it the same way.
+    Passed(String, Listening),
+}
+
+/// What a listener asked for by name must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Listening {
+    Tcp,
+    Unix,
 }
 
 impl FdName {
@@ -35,6 +46,8 @@ impl FdName {
             FdName::Unix(path) => ("unix", path.as_os_str().as_bytes().into()),
             FdName::UnixAbstract(name) => ("unix-abstract", name.as_slice().into()),
             FdName::File(name) => ("file", name.as_bytes().into()),
+            // Passed on as it came: it is the service manager's name, not ours.
+            FdName::Passed(name, _) => return name.clone(),
         };
         format!("{kind}/{}", escape(&raw))
     }
@@ -66,6 +79,8 @@ impl fmt::Display for FdName {
                 write!(f, "a Unix listener on @{}", String::from_utf8_lossy(name))
             }
             FdName::File(name) => write!(f, "the file {name:?}"),
+            FdName::Passed(name, Listening::Tcp) => write!(f, "a TCP listener named {name:?}"),
+            FdName::Passed(name, Listening::Unix) => write!(f, "a Unix listener named {name:?}"),
         }
     }
 }

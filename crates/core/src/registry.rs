@@ -4,6 +4,11 @@
 //! - An inherited descriptor is adopted only if it is what was asked for: a socket of the right
 //!   family and type, listening if it should, bound to the asked address. Anything else is an
 //!   error; a wrong socket is never adopted silently.
+//! - A descriptor is found by its name first. One whose name is not ours (systemd's `unknown`,
+//!   a socket unit's `FileDescriptorName=`) was passed by the service manager at first start;
+//!   asked for by address, it is found by what it is (`getsockname` and socket type), and from
+//!   then on it is handed over under our name for that address. Asked for by its own name, it
+//!   keeps that name.
 //! - The registry keeps its own duplicate of every registered descriptor. The caller gets
 //!   another duplicate, so dropping a listener in the application never closes the socket that
 //!   the next generation is about to inherit.
@@ -15,7 +20,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use nix::sys::socket::SockType;
 
 use crate::error::{Error, Result};
-use crate::name::FdName;
+use crate::name::{FdName, Listening};
 use crate::sys::{self, FdKind, Local};
 
 #[derive(Debug, Default)]
@@ -54,11 +59,7 @@ impl Registry {
         want: FdName,
         create: impl FnOnce() -> std::io::Result<OwnedFd>,
     ) -> Result<(OwnedFd, Origin)> {
-        if self.handover.iter().any(|(name, _)| *name == want) {
-            return Err(Error::AlreadyRegistered {
-                what: want.to_string(),
-            });
-        }
+        self.refuse_registered(&want)?;
         let (name, fd, origin) = match self.claim(&want)? {
             Some((name, fd)) => (name, fd, Origin::Inherited),
             None => {
@@ -69,41 +70,114 @@ impl Registry {
                 (registered_name(want, &fd)?, fd, Origin::Created)
             }
         };
-        if self.handover.iter().any(|(n, _)| *n == name) {
-            return Err(Error::AlreadyRegistered {
-                what: name.to_string(),
-            });
-        }
-        let mine = sys::dup_cloexec(fd.as_fd()).map_err(|e| Error::io("duplicating fd", e))?;
-        self.handover.push((name, mine));
-        Ok((fd, origin))
+        self.register(name, fd).map(|fd| (fd, origin))
     }
 
-    /// Finds and checks the inherited descriptor for `want`, taking it out of the inherited set.
+    /// Returns the inherited descriptor passed under `want`'s name, checked; there is nothing
+    /// to create when none was passed.
+    pub(crate) fn inherit_passed(&mut self, want: FdName) -> Result<OwnedFd> {
+        self.refuse_registered(&want)?;
+        match self.claim(&want)? {
+            Some((name, fd)) => self.register(name, fd),
+            None => Err(Error::Create {
+                what: want.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "no socket was passed under that name (unclaimed passed names: {})",
+                        self.unclaimed_names()
+                    ),
+                ),
+            }),
+        }
+    }
+
+    fn refuse_registered(&self, want: &FdName) -> Result<()> {
+        if self.handover.iter().any(|(name, _)| name == want) {
+            return Err(Error::AlreadyRegistered {
+                what: want.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn register(&mut self, name: FdName, fd: OwnedFd) -> Result<OwnedFd> {
+        self.refuse_registered(&name)?;
+        let mine = sys::dup_cloexec(fd.as_fd()).map_err(|e| Error::io("duplicating fd", e))?;
+        self.handover.push((name, mine));
+        Ok(fd)
+    }
+
+    /// Finds and checks the inherited descriptor for `want`, taking it out of the inherited set;
+    /// returns it with the name it will be handed over under.
     fn claim(&mut self, want: &FdName) -> Result<Option<(FdName, OwnedFd)>> {
         let wanted = want.encode();
-        let index = self
+        let by_name = self
             .inherited
             .iter()
             .position(|i| i.fd.is_some() && i.name == wanted)
             .or_else(|| self.port_zero_match(want));
-        let Some(index) = index else {
-            return Ok(None);
+        let Some(index) = by_name else {
+            return self.claim_foreign(want);
         };
         let entry = &mut self.inherited[index];
-        let fd = entry.fd.as_ref().expect("claimed entries are skipped");
-        let found =
-            sys::describe(fd.as_fd()).map_err(|e| Error::io("inspecting inherited fd", e))?;
+        let Some(fd) = entry.fd.take() else {
+            return Ok(None);
+        };
+        let found = match sys::describe(fd.as_fd()) {
+            Ok(found) => found,
+            Err(e) => {
+                entry.fd = Some(fd);
+                return Err(Error::io("inspecting inherited fd", e));
+            }
+        };
         if !matches(want, &found) {
-            return Err(Error::Mismatch {
+            let mismatch = Error::Mismatch {
                 name: entry.name.clone(),
                 fd: fd.as_raw_fd(),
                 expected: want.to_string(),
                 found: found.to_string(),
-            });
+            };
+            entry.fd = Some(fd);
+            return Err(mismatch);
         }
         let name = entry.decoded.clone().unwrap_or_else(|| want.clone());
-        Ok(entry.fd.take().map(|fd| (name, fd)))
+        Ok(Some((name, fd)))
+    }
+
+    /// A socket asked for by address that no name of ours announces may have been passed by the
+    /// service manager under a name of its own: the first such socket that is what was asked
+    /// for is adopted, and handed over under our name from now on.
+    fn claim_foreign(&mut self, want: &FdName) -> Result<Option<(FdName, OwnedFd)>> {
+        if matches!(want, FdName::File(_) | FdName::Passed(..)) {
+            return Ok(None);
+        }
+        let found = self.inherited.iter().position(|i| {
+            i.decoded.is_none()
+                && i.fd
+                    .as_ref()
+                    .and_then(|fd| sys::describe(fd.as_fd()).ok())
+                    .is_some_and(|found| matches(want, &found))
+        });
+        let Some(fd) = found.and_then(|index| self.inherited[index].fd.take()) else {
+            return Ok(None);
+        };
+        Ok(Some((registered_name(want.clone(), &fd)?, fd)))
+    }
+
+    /// The names of inherited descriptors nobody has asked for yet, for error messages.
+    fn unclaimed_names(&self) -> String {
+        let names: Vec<String> = self
+            .inherited
+            .iter()
+            .filter(|i| i.fd.is_some())
+            .map(|i| format!("{:?}", i.name))
+            .collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
     }
 
     /// A listener asked for on port 0 was recorded under the port the kernel chose; the next
@@ -193,6 +267,12 @@ fn matches(want: &FdName, found: &FdKind) -> bool {
     };
     let stream_listener = info.ty == Some(SockType::Stream) && info.listening;
     match want {
+        FdName::Passed(_, Listening::Tcp) => {
+            stream_listener && matches!(info.local, Local::Inet(_))
+        }
+        FdName::Passed(_, Listening::Unix) => {
+            stream_listener && matches!(info.local, Local::UnixPath(_) | Local::UnixAbstract(_))
+        }
         FdName::Tcp(addr) => stream_listener && same_inet(addr),
         FdName::Udp(addr) => info.ty == Some(SockType::Datagram) && same_inet(addr),
         FdName::Unix(path) => {

@@ -17,6 +17,10 @@
 //! The count relies on the chain of links staying whole: a replaced generation should not exit
 //! before its parent has (see [`Upgrader::parent_exited`]). The tokio adapter's drain waits for
 //! that, within its deadline.
+//!
+//! Under a service manager (`NOTIFY_SOCKET` set), each transition is reported as `notify.rs`
+//! describes; the report of a successful upgrade is sent before `upgrade()` returns, so the old
+//! process cannot exit before the manager has been told which pid is the service now.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -34,7 +38,8 @@ use crate::env;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::link::{self, Message, Reader};
-use crate::name::{self, FdName};
+use crate::name::{self, FdName, Listening};
+use crate::notify::{self, Notifier};
 use crate::pidfile;
 use crate::registry::{Origin, Registry};
 use crate::report;
@@ -209,6 +214,7 @@ impl Builder {
                 descendants: 0,
             }),
             parent_link: link,
+            notifier: Notifier::from_env(|key| std::env::var_os(key)),
             replaced: Event::new(),
             parent_exited: Event::new(),
             finish_requested: Event::new(),
@@ -254,6 +260,7 @@ struct Inner {
     lineage: Mutex<Lineage>,
     /// Our end of the link to the parent, for sending; a watcher thread reads a duplicate.
     parent_link: Option<OwnedFd>,
+    notifier: Notifier,
     replaced: Event,
     parent_exited: Event,
     finish_requested: Event,
@@ -300,7 +307,9 @@ impl Upgrader {
     }
 
     /// A TCP listener on `addr`: the one inherited from the previous generation under that
-    /// address, or a new one bound now (close-on-exec, `SO_REUSEADDR`, the configured backlog).
+    /// address, or passed by the service manager bound to it (socket activation, whatever name
+    /// it was passed under), or a new one bound now (close-on-exec, `SO_REUSEADDR`, the
+    /// configured backlog). The other methods for sockets find passed sockets the same way.
     ///
     /// Port 0 binds a free port; the listener is handed over under the port the kernel chose,
     /// and a next generation asking for port 0 on the same IP again gets it back.
@@ -362,6 +371,37 @@ impl Upgrader {
         .map(UnixListener::from)
     }
 
+    /// The TCP listener that the service manager passed under `name`: a socket unit's
+    /// `FileDescriptorName=` (systemd's default is the socket unit's name), or
+    /// `systemd-socket-activate --fdname`. It is handed over under that name, so the next
+    /// generation asks for it the same way.
+    ///
+    /// Nothing is bound when no socket was passed under `name`: the address belongs to the
+    /// socket unit. To run with or without socket activation, ask by address instead
+    /// ([`tcp_listener`](Self::tcp_listener)); a passed socket bound to that address is adopted
+    /// whatever its name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Create`] (not found) when nothing was passed under `name`; [`Error::Mismatch`]
+    /// when what was passed is not a listening TCP socket; [`Error::AlreadyRegistered`] if it was
+    /// asked for before.
+    pub fn tcp_listener_named(&self, name: &str) -> Result<std::net::TcpListener> {
+        self.inherit_passed(FdName::Passed(name.to_owned(), Listening::Tcp))
+            .map(std::net::TcpListener::from)
+    }
+
+    /// The Unix stream listener that the service manager passed under `name`; see
+    /// [`tcp_listener_named`](Self::tcp_listener_named).
+    ///
+    /// # Errors
+    ///
+    /// As [`tcp_listener_named`](Self::tcp_listener_named).
+    pub fn unix_listener_named(&self, name: &str) -> Result<UnixListener> {
+        self.inherit_passed(FdName::Passed(name.to_owned(), Listening::Unix))
+            .map(UnixListener::from)
+    }
+
     /// A UDP socket bound to `addr`, inherited or bound now. Port 0 works as for
     /// [`tcp_listener`](Self::tcp_listener).
     ///
@@ -414,6 +454,17 @@ impl Upgrader {
             .inner
             .registry()
             .inherit_or_create(want.clone(), create)?;
+        self.log_origin(&want, &fd, origin);
+        Ok(fd)
+    }
+
+    fn inherit_passed(&self, want: FdName) -> Result<OwnedFd> {
+        let fd = self.inner.registry().inherit_passed(want.clone())?;
+        self.log_origin(&want, &fd, Origin::Inherited);
+        Ok(fd)
+    }
+
+    fn log_origin(&self, want: &FdName, fd: &OwnedFd, origin: Origin) {
         match origin {
             Origin::Inherited => tracing::info!(
                 pid = self.inner.pid,
@@ -424,7 +475,6 @@ impl Upgrader {
                 tracing::debug!(pid = self.inner.pid, fd = fd.as_raw_fd(), "created {want}")
             }
         }
-        Ok(fd)
     }
 
     /// Reports that this process is set up and serving.
@@ -433,6 +483,10 @@ impl Upgrader {
     /// did not ask for, and tells the previous generation, whose [`upgrade`](Self::upgrade)
     /// then returns. Install signal handlers before calling it: a deploy may signal the new pid
     /// as soon as the PID file names it.
+    ///
+    /// At first start under a service manager (`NOTIFY_SOCKET`), it sends `READY=1`. A new
+    /// generation sends nothing itself: its parent, still the service's main process, reports
+    /// it (see [`upgrade`](Self::upgrade)).
     ///
     /// Calling it again once it succeeded does nothing.
     ///
@@ -471,6 +525,12 @@ impl Upgrader {
                 );
             }
         }
+        if inner.parent_link.is_none() {
+            inner.notifier.send(&format!(
+                "READY=1\nSTATUS=Serving: pid {}, generation {}",
+                inner.pid, inner.generation
+            ));
+        }
         *state = State::Ready;
         tracing::info!(pid = inner.pid, generation = inner.generation, "ready");
         Ok(())
@@ -486,6 +546,12 @@ impl Upgrader {
     /// If the new process fails (cannot start, exits before it is ready, or is not ready within
     /// the upgrade timeout, in which case it is killed), it is reaped, nothing in this process
     /// has changed, and a later upgrade may be tried.
+    ///
+    /// Under a service manager (`NOTIFY_SOCKET`), the upgrade is a reload: `RELOADING=1` when
+    /// it begins; then, before this returns, `MAINPID=<new pid>` and `READY=1` when it
+    /// succeeded, or `READY=1` and a `STATUS=` line with the reason when it failed. These come
+    /// from this process because, until the new one is ready, it is the service's main process,
+    /// the only one systemd hears under the default `NotifyAccess=main`.
     ///
     /// Blocks for up to the upgrade timeout.
     ///
@@ -510,6 +576,12 @@ impl Upgrader {
                 State::Ready => *state = State::Upgrading,
             }
         }
+        inner.notifier.send(&notify::reloading(&format!(
+            "Upgrading: pid {} (generation {}) is starting generation {}",
+            inner.pid,
+            inner.generation,
+            inner.generation + 1
+        )));
         let started = inner.start_successor();
         let mut state = inner.state();
         let (child, reader) = match started {
@@ -517,12 +589,25 @@ impl Upgrader {
             Err(err) => {
                 *state = State::Ready;
                 tracing::error!(pid = inner.pid, %err, "upgrade failed; this generation keeps serving");
+                inner.notifier.send(&format!(
+                    "READY=1\nSTATUS={}",
+                    notify::one_line(&format!(
+                        "Upgrade failed; pid {} (generation {}) still serving: {err}",
+                        inner.pid, inner.generation
+                    ))
+                ));
                 report::upgrade_failed(inner.pid, &err);
                 return Err(err);
             }
         };
         *state = State::Replaced { successor: child };
         drop(state);
+        // Before anything lets this process stop accepting or exit: the manager must know the
+        // new main pid first, or it takes this process's exit for the service's end.
+        inner.notifier.send(&format!(
+            "MAINPID={child}\nREADY=1\nSTATUS=Serving: pid {child}, generation {}",
+            inner.generation + 1
+        ));
         report::send(&report::Report::Upgraded {
             pid: inner.pid,
             successor: child,
@@ -610,6 +695,33 @@ impl Upgrader {
             path: path.clone(),
             source,
         })
+    }
+
+    /// Tells the service manager (`NOTIFY_SOCKET`) that this process is stopping for good,
+    /// without a successor: `STOPPING=1`. Returns whether it was sent.
+    ///
+    /// Not sent by a process that has been replaced, or is being upgraded: the service is, or
+    /// is about to be, its successor, and `STOPPING=1` would have systemd stop the service.
+    /// Nothing is sent either when no service manager listens.
+    pub fn stopping(&self) -> bool {
+        let inner = &self.inner;
+        let state = *inner.state();
+        if !inner.notifier.is_enabled() {
+            return false;
+        }
+        if matches!(state, State::Upgrading | State::Replaced { .. }) {
+            tracing::debug!(
+                pid = inner.pid,
+                ?state,
+                "not telling the service manager STOPPING=1: the service continues in a successor"
+            );
+            return false;
+        }
+        inner.notifier.send(&format!(
+            "STOPPING=1\nSTATUS=Stopping: pid {} (generation {}) finishes its connections",
+            inner.pid, inner.generation
+        ));
+        true
     }
 }
 

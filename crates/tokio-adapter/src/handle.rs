@@ -10,6 +10,8 @@
 //! - `upgrade_requested()` completes when this process should wind down: a new generation is
 //!   ready and serving, or a graceful stop was asked for. Not at SIGHUP: an upgrade that fails
 //!   changes nothing for the running server.
+//! - The control socket, if any, is registered with the upgrader when the handle is installed,
+//!   so that it is inherited like any listener and each generation answers on it while it serves.
 
 use std::fmt;
 use std::future::Future;
@@ -58,6 +60,7 @@ pub struct Builder {
     core: graceful_core::Builder,
     upgrade_signal: Option<SignalKind>,
     stop_signals: Vec<SignalKind>,
+    control_socket: Option<PathBuf>,
 }
 
 impl Default for Builder {
@@ -66,6 +69,7 @@ impl Default for Builder {
             core: Upgrader::builder(),
             upgrade_signal: Some(SignalKind::hangup()),
             stop_signals: vec![SignalKind::terminate(), SignalKind::interrupt()],
+            control_socket: None,
         }
     }
 }
@@ -121,7 +125,20 @@ impl Builder {
         self
     }
 
-    /// Installs the process's handle and its signal handlers; returns it.
+    /// A Unix socket at `path` on which `upgrade` requests are answered with the outcome, for
+    /// `systemctl reload` and deploy scripts, which a signal cannot tell whether the upgrade
+    /// worked; see [`control`](crate::control). Default: none.
+    ///
+    /// The socket is inherited across upgrades like any listener, so whichever generation
+    /// serves answers on it. When graceful creates it, its mode is 0600: only the server's user
+    /// may upgrade it. A socket file left behind by a process that has gone is replaced.
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control_socket = Some(path.into());
+        self
+    }
+
+    /// Installs the process's handle and its signal handlers, and starts answering on the
+    /// control socket if there is one; returns the handle.
     ///
     /// Must be called inside a Tokio runtime, before any other function of this crate.
     ///
@@ -129,7 +146,9 @@ impl Builder {
     ///
     /// [`Error::AlreadyCreated`] if a handle was installed already (perhaps with the defaults,
     /// by an earlier `listen`); the errors of [`graceful_core::Builder::build`]; an
-    /// [`Error::Io`] when there is no runtime or a signal handler cannot be installed.
+    /// [`Error::Io`] when there is no runtime or a signal handler cannot be installed; the
+    /// errors of [`Upgrader::unix_listener`] for the control socket. After an error about the
+    /// control socket, this process's upgrader is spent: exit with the error.
     pub fn install(self) -> Result<Graceful> {
         let _installing = INSTALL.lock().unwrap_or_else(PoisonError::into_inner);
         if GLOBAL.get().is_some() {
@@ -156,6 +175,9 @@ impl Builder {
             .collect::<Result<Vec<_>>>()?;
 
         let graceful = Graceful::new(self.core.build()?);
+        if let Some(path) = &self.control_socket {
+            crate::control::serve(&graceful, path)?;
+        }
         if let Some(mut upgrade_signal) = upgrade_signal {
             let graceful = graceful.clone();
             runtime.spawn(async move {
@@ -280,6 +302,26 @@ impl Graceful {
         }))
     }
 
+    /// The TCP listener that the service manager passed under `name` (a socket unit's
+    /// `FileDescriptorName=`), and, after an upgrade, the same socket inherited from the
+    /// previous generation; see [`Upgrader::tcp_listener_named`].
+    ///
+    /// [`listen`](Self::listen) adopts a passed socket too, found by its address, and binds
+    /// one when nothing was passed; this asks for the socket unit's socket only.
+    ///
+    /// # Errors
+    ///
+    /// As [`Upgrader::tcp_listener_named`].
+    pub async fn listen_named(&self, name: &str) -> Result<TcpListener> {
+        let listener = self.inner.upgrader.tcp_listener_named(name)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("making the listener non-blocking", e))?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| Error::io("registering the listener with tokio", e))?;
+        Ok(self.wrap(listener))
+    }
+
     /// A Unix stream listener on `path`: inherited from the previous generation, or bound now.
     ///
     /// # Errors
@@ -347,12 +389,14 @@ impl Graceful {
     }
 
     /// Stops gracefully without a successor: listeners end and `upgrade_requested()` completes.
-    /// What the stop signals do. The PID file is removed if it names this process.
+    /// What the stop signals do. The PID file is removed if it names this process, and the
+    /// service manager is told (see [`Upgrader::stopping`]).
     pub fn stop(&self) {
         if self.inner.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
         tracing::info!(pid = std::process::id(), "stopping gracefully");
+        self.inner.upgrader.stopping();
         self.inner.shutdown.cancel();
         if let Err(err) = self.inner.upgrader.remove_pid_file() {
             tracing::warn!(%err, "cannot remove the PID file");

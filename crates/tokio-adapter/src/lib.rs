@@ -39,8 +39,11 @@
 //! ```
 //!
 //! By default SIGHUP upgrades (the new binary at the path this one was started from takes
-//! over), and SIGTERM or SIGINT stop gracefully; [`Builder`] changes that. A failed upgrade is
-//! logged with its reason and the server keeps serving as if nothing happened.
+//! over), and SIGTERM or SIGINT stop gracefully; [`Builder`] changes that, and adds a
+//! [`control`] socket on which an upgrade reports whether it worked. Under systemd, sockets
+//! passed by socket activation are adopted, and upgrades are reported as reloads with the new
+//! main pid (see [`Upgrader::upgrade`]). A failed upgrade is logged with its reason and the
+//! server keeps serving as if nothing happened.
 //!
 //! Misuse is harmless: a second `listen` on the same address is an
 //! [`Error::AlreadyRegistered`]; a second `ready` does nothing; an upgrade signal before `ready`
@@ -52,6 +55,7 @@
 
 #[cfg(feature = "axum")]
 mod axum;
+pub mod control;
 mod handle;
 mod listener;
 mod tracked;
@@ -73,6 +77,16 @@ pub use tracked::{ConnectionGuard, TrackedStream};
 /// As [`Graceful::listen`] and [`Builder::install`].
 pub async fn listen(addr: impl tokio::net::ToSocketAddrs) -> Result<TcpListener> {
     Graceful::get()?.listen(addr).await
+}
+
+/// Adopts the TCP listener that the service manager passed under `name`; see
+/// [`Graceful::listen_named`].
+///
+/// # Errors
+///
+/// As [`Graceful::listen_named`] and [`Builder::install`].
+pub async fn listen_named(name: &str) -> Result<TcpListener> {
+    Graceful::get()?.listen_named(name).await
 }
 
 /// Inherits the Unix listener for `path` from the previous generation, or binds it; see
