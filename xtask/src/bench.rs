@@ -4,10 +4,12 @@
 //!   same fixed-length load against three servers, interleaved so that drift in the machine
 //!   hits all three alike: `plain-http-server` (the same axum app on a plain tokio listener, no
 //!   graceful at all), `http-server` left alone, and `http-server` upgraded every `--interval`.
-//!   The median round of each is compared.
+//!   Each round's ratios are taken within the round, and their median is compared with the
+//!   targets.
 //! - **Handover.** Every upgrade of those runs, timed from SIGHUP to the new generation's
 //!   `ready` line and on to the old generation's `stopped` line, next to the time the same
-//!   binary takes merely to start, bind and print `ready`.
+//!   binary takes merely to start, bind and print `ready`: under the same keep-alive load, as
+//!   the upgrades are, and on an idle machine.
 //! - **Upgrade windows.** Requests that overlap an upgrade (SIGHUP → old generation stopped
 //!   accepting) against the others: latency percentiles, and the longest gap between two
 //!   completed requests. With one request per connection, a completion is an accepted
@@ -92,8 +94,13 @@ struct Throughput {
 
 struct Figures {
     throughput: Vec<Throughput>,
-    /// Spawn → `ready` line of a fresh `http-server`, in µs.
-    starts: Vec<u64>,
+    /// Spawn → `ready` line of a fresh `http-server`, in µs, on an idle machine.
+    idle_starts: Vec<u64>,
+    /// The same while another `http-server` serves the keep-alive load, as during upgrades.
+    loaded_starts: Vec<u64>,
+    /// That load's requests, and those that failed.
+    loaded_requests: u64,
+    loaded_failed: u64,
     scale: Vec<Value>,
 }
 
@@ -150,11 +157,51 @@ impl Bench<'_> {
         }
 
         self.say(&format!(
-            "  timing {} bare starts of http-server",
+            "  timing {} bare starts of http-server, idle and under keep-alive load",
             self.options.starts
         ));
+        let idle_starts = self.bare_starts()?;
+        let load_server = Server::start(
+            &self.bin.join("http-server"),
+            &["--addr", "127.0.0.1:0"],
+            &self.scratch.join("loaded.log"),
+        )?;
+        let loaded = (|| {
+            let ready = load_server.wait_ready(1)?;
+            let mode = Mode::KeepAlive;
+            let load = Load::start(
+                &self.runtime,
+                mode,
+                ready.get("addr"),
+                demo::connections(mode),
+            );
+            let starts = self.bare_starts();
+            let report = load.finish(&self.runtime);
+            Ok::<_, String>((starts?, report))
+        })();
+        load_server.stop();
+        let (loaded_starts, report) = loaded?;
+
+        let scale = if self.options.scale {
+            self.scale()?
+        } else {
+            Vec::new()
+        };
+        Ok(Figures {
+            throughput,
+            idle_starts,
+            loaded_starts,
+            loaded_requests: report.requests(),
+            loaded_failed: report.failed(),
+            scale,
+        })
+    }
+
+    /// Spawn → `ready` line of a fresh `http-server`, `--starts` times, one every `--interval`.
+    fn bare_starts(&self) -> Result<Vec<u64>, String> {
         let mut starts = Vec::new();
         for n in 0..self.options.starts {
+            std::thread::sleep(self.options.interval);
             let log = self.scratch.join(format!("start-{n}.log"));
             let spawned = Instant::now();
             let server = Server::start(
@@ -167,17 +214,7 @@ impl Bench<'_> {
             starts.push(ready?.at.duration_since(spawned).as_micros() as u64);
         }
         starts.sort_unstable();
-
-        let scale = if self.options.scale {
-            self.scale()?
-        } else {
-            Vec::new()
-        };
-        Ok(Figures {
-            throughput,
-            starts,
-            scale,
-        })
+        Ok(starts)
     }
 
     /// `connections(mode)` workers against a server left alone for `--duration`.
@@ -313,20 +350,47 @@ fn median(values: &[f64]) -> f64 {
 }
 
 impl Throughput {
-    /// upgrading / graceful, the cost of the upgrades themselves.
-    fn upgrading_ratio(&self) -> f64 {
-        median(&self.upgrading) / median(&self.graceful)
+    /// upgrading / graceful in each round: the cost of the upgrades themselves. Each ratio
+    /// compares runs of the same round, so drift in the machine between rounds cancels out.
+    fn upgrading_ratios(&self) -> Vec<f64> {
+        ratios(&self.upgrading, &self.graceful)
     }
 
-    /// 1 - graceful / plain, the cost of the library's accept and serve path.
-    fn overhead(&self) -> f64 {
-        1.0 - median(&self.graceful) / median(&self.plain)
+    /// graceful / plain in each round: the cost of the library's accept and serve path.
+    fn graceful_ratios(&self) -> Vec<f64> {
+        ratios(&self.graceful, &self.plain)
     }
+
+    fn upgrading_ratio(&self) -> f64 {
+        median(&self.upgrading_ratios())
+    }
+
+    /// 1 - the median graceful / plain ratio.
+    fn overhead(&self) -> f64 {
+        1.0 - median(&self.graceful_ratios())
+    }
+}
+
+fn ratios(over: &[f64], under: &[f64]) -> Vec<f64> {
+    over.iter().zip(under).map(|(a, b)| a / b).collect()
+}
+
+/// `93.1% (89.2–107.9)`: the median of per-round ratios, and their range.
+fn ratio_spread(values: &[f64]) -> String {
+    let (min, max) = values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    format!(
+        "{:.1}% ({:.1}–{:.1})",
+        median(values) * 100.0,
+        min * 100.0,
+        max * 100.0
+    )
 }
 
 impl Figures {
     fn failed(&self) -> u64 {
-        self.throughput.iter().map(|t| t.failed).sum()
+        self.throughput.iter().map(|t| t.failed).sum::<u64>() + self.loaded_failed
     }
 
     fn runs(&self) -> impl Iterator<Item = &Run> {
@@ -349,42 +413,42 @@ impl Figures {
         (ready, stopped)
     }
 
-    /// Median handover minus median bare start.
+    /// Median handover minus median bare start, both under load.
     fn handover_overhead(&self) -> i64 {
         let (ready, _) = self.handovers();
-        percentile(&ready, 50.0) as i64 - percentile(&self.starts, 50.0) as i64
+        percentile(&ready, 50.0) as i64 - percentile(&self.loaded_starts, 50.0) as i64
     }
 
     fn print(&self, options: &Options) {
         let upgrades = self.runs().map(|r| r.upgrades.len()).sum::<usize>();
         println!();
         println!(
-            "Throughput, requests/s (median of {} rounds of {:?}; upgrading: one upgrade every {:?})",
+            "Throughput, requests/s (median of {} rounds of {:?}; upgrading: one upgrade every {:?}; ratios: median of the rounds' own ratios)",
             options.rounds, options.duration, options.interval
         );
         println!();
         println!(
-            "| load | plain axum, no graceful | graceful | graceful, upgrading | upgrading / graceful | graceful / plain |"
+            "| load | plain axum, no graceful | graceful | graceful, upgrading | upgrading / graceful, per round (range) | graceful / plain, per round (range) |"
         );
         println!("| --- | ---: | ---: | ---: | ---: | ---: |");
         for t in &self.throughput {
             println!(
-                "| {} ({} connections) | {:.0} | {:.0} | {:.0} | {:.1}% | {:.1}% |",
+                "| {} ({} connections) | {:.0} | {:.0} | {:.0} | {} | {} |",
                 t.mode.describe(),
                 demo::connections(t.mode),
                 median(&t.plain),
                 median(&t.graceful),
                 median(&t.upgrading),
-                t.upgrading_ratio() * 100.0,
-                (1.0 - t.overhead()) * 100.0,
+                ratio_spread(&t.upgrading_ratios()),
+                ratio_spread(&t.graceful_ratios()),
             );
         }
 
         let (ready, stopped) = self.handovers();
         println!();
         println!(
-            "Handover ({upgrades} upgrades) and bare start ({} starts)",
-            self.starts.len()
+            "Handover ({upgrades} upgrades, under load) and bare start ({} starts each)",
+            self.idle_starts.len()
         );
         println!();
         println!("| | min | median | p95 | max |");
@@ -392,7 +456,14 @@ impl Figures {
         for (what, values) in [
             ("SIGHUP → new generation ready", &ready),
             ("new generation ready → old one stopped accepting", &stopped),
-            ("bare start of http-server: spawn → ready", &self.starts),
+            (
+                "bare start of http-server, under keep-alive load: spawn → ready",
+                &self.loaded_starts,
+            ),
+            (
+                "bare start of http-server, idle: spawn → ready",
+                &self.idle_starts,
+            ),
         ] {
             let [min, med, p95, max] = spread(values);
             println!(
@@ -442,7 +513,8 @@ impl Figures {
 
         println!();
         println!("Targets");
-        let requests: u64 = self.throughput.iter().map(|t| t.requests).sum();
+        let requests: u64 =
+            self.throughput.iter().map(|t| t.requests).sum::<u64>() + self.loaded_requests;
         verdict(
             self.failed() == 0,
             &format!("0 failed requests: {} of {requests}", self.failed()),
@@ -471,7 +543,7 @@ impl Figures {
         verdict(
             overhead <= HANDOVER_OVERHEAD_TARGET.as_micros() as i64,
             &format!(
-                "handover beyond a bare start ≤ 5 ms (medians): {:+.1} ms",
+                "handover beyond a bare start under the same load ≤ 5 ms (medians): {:+.1} ms",
                 overhead as f64 / 1e3
             ),
         );
@@ -524,7 +596,8 @@ impl Figures {
             "handover_ms": {
                 "sighup_to_ready": ms(&ready),
                 "ready_to_old_stopped": ms(&stopped),
-                "bare_start": ms(&self.starts),
+                "bare_start_under_load": ms(&self.loaded_starts),
+                "bare_start_idle": ms(&self.idle_starts),
                 "overhead_median": self.handover_overhead() as f64 / 1e3,
             },
             "scale": self.scale,
@@ -611,5 +684,7 @@ mod tests {
         let values: Vec<u64> = (1..=100).collect();
         assert_eq!(spread(&values), [1, 51, 95, 100]);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(ratios(&[2.0, 3.0], &[4.0, 3.0]), vec![0.5, 1.0]);
+        assert_eq!(ratio_spread(&[0.9, 1.1, 1.0]), "100.0% (90.0–110.0)");
     }
 }
