@@ -23,7 +23,7 @@ pub(crate) const STEP: Duration = Duration::from_secs(30);
 /// Builds the given packages' binaries in release mode; returns the directory holding them.
 pub(crate) fn build_release(packages: &[&str]) -> Result<PathBuf, String> {
     let root = workspace_root();
-    println!("building {} (release)…", packages.join(", "));
+    eprintln!("building {} (release)…", packages.join(", "));
     let mut cargo = Command::new(env!("CARGO"));
     cargo
         .current_dir(&root)
