@@ -487,7 +487,10 @@ impl Worker {
             }
             // A connection the server has closed, or sent GOAWAY on, is not ready: it ended
             // before this request was sent.
-            if !sender.ready().await {
+            let ready = tokio::time::timeout(ANSWER_TIMEOUT, sender.ready())
+                .await
+                .map_err(|_| Failed::timeout("waiting for the connection to take a request"))?;
+            if !ready {
                 return Ok(End::Closed);
             }
             let start = Instant::now();
@@ -518,12 +521,14 @@ impl Worker {
             }
             let line = format!("c{} {seq}", self.id);
             let start = Instant::now();
-            conn.get_mut()
-                .write_all(format!("{line}\n").as_bytes())
-                .await
-                .map_err(Failed::io)?;
             let mut reply = String::new();
-            let read = tokio::time::timeout(ANSWER_TIMEOUT, conn.read_line(&mut reply))
+            let exchange = async {
+                conn.get_mut()
+                    .write_all(format!("{line}\n").as_bytes())
+                    .await?;
+                conn.read_line(&mut reply).await
+            };
+            let read = tokio::time::timeout(ANSWER_TIMEOUT, exchange)
                 .await
                 .map_err(|_| Failed::timeout("an answer"))?
                 .map_err(Failed::io)?;
