@@ -1,8 +1,10 @@
 //! What the example servers share: their command line, their logging, the lines each
 //! generation prints on stdout for scripts (`ready pid=… generation=… addr=…` once it serves,
 //! `stopped pid=… successor=…` once it stops accepting, `exited pid=… …` once it has drained),
-//! and the `upgrade` subcommand, which upgrades a running server through its control socket and
-//! reports whether it worked (`upgraded pid=…`, or the reason and exit status 1).
+//! and the `upgrade` and `rollback` subcommands, which upgrade a running server through its
+//! control socket, or take it back to the previous generation during that one's probation, and
+//! report whether it worked (`upgraded pid=…` / `rolled back pid=…`, or the reason and exit
+//! status 1).
 
 use std::fmt::Display;
 use std::future::Future;
@@ -22,12 +24,16 @@ pub(crate) struct Config {
     pid_file: Option<String>,
     control_socket: Option<String>,
     upgrade_timeout: Duration,
+    probation: Option<Duration>,
 }
 
 impl Config {
     /// Installs the process's graceful handle as the command line asks.
     pub(crate) fn install(&self) -> Result<graceful::Graceful, graceful::Error> {
         let mut builder = graceful::Builder::new().upgrade_timeout(self.upgrade_timeout);
+        if let Some(probation) = self.probation {
+            builder = builder.probation(probation);
+        }
         if let Some(pid_file) = &self.pid_file {
             builder = builder.pid_file(pid_file);
         }
@@ -68,12 +74,16 @@ where
         .init();
     let usage = format!(
         "usage: {name} [--addr {default_addr} | --fd-name NAME] [--pid-file PATH] \
-         [--control-socket PATH] [--upgrade-timeout 60s] [--drain-timeout 30s]\n       \
-         {name} upgrade --control-socket PATH [--timeout 90s]"
+         [--control-socket PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] \
+         [--probation 5s]\n       \
+         {name} upgrade --control-socket PATH [--timeout 90s]\n       \
+         {name} rollback --control-socket PATH [--timeout 90s]"
     );
     let mut args = std::env::args().skip(1).peekable();
-    if args.peek().is_some_and(|arg| arg == "upgrade") {
-        return upgrade(name, args.skip(1), &usage).await;
+    match args.peek().map(String::as_str) {
+        Some("upgrade") => return request(name, Request::Upgrade, args.skip(1), &usage).await,
+        Some("rollback") => return request(name, Request::Rollback, args.skip(1), &usage).await,
+        _ => {}
     }
     let config = match config(args, default_addr) {
         Ok(config) => config,
@@ -101,6 +111,7 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
             "control-socket",
             "upgrade-timeout",
             "drain-timeout",
+            "probation",
         ],
     )?;
     if flags.text("addr").is_some() && flags.text("fd-name").is_some() {
@@ -113,13 +124,29 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
         control_socket: flags.text("control-socket"),
         upgrade_timeout: flags.duration("upgrade-timeout", Duration::from_secs(60))?,
         drain_timeout: flags.duration("drain-timeout", Duration::from_secs(30))?,
+        probation: flags
+            .text("probation")
+            .map(|_| flags.duration("probation", Duration::ZERO))
+            .transpose()?,
     })
+}
+
+#[derive(Clone, Copy)]
+enum Request {
+    Upgrade,
+    Rollback,
 }
 
 /// `upgrade --control-socket PATH [--timeout 90s]`: upgrades the server listening there and
 /// prints `upgraded pid=…` once the new generation serves; exits 1 with the reason if it did
-/// not, and the old generation serves on.
-async fn upgrade(name: &str, args: impl Iterator<Item = String>, usage: &str) -> ExitCode {
+/// not, and the old generation serves on. `rollback …` likewise takes the server back to the
+/// previous generation, on probation, and prints `rolled back pid=…`.
+async fn request(
+    name: &str,
+    request: Request,
+    args: impl Iterator<Item = String>,
+    usage: &str,
+) -> ExitCode {
     let parsed = Flags::parse_from(args, &["control-socket", "timeout"]).and_then(|flags| {
         let path = flags
             .text("control-socket")
@@ -133,18 +160,25 @@ async fn upgrade(name: &str, args: impl Iterator<Item = String>, usage: &str) ->
             return ExitCode::from(2);
         }
     };
-    let asked = tokio::task::spawn_blocking(move || graceful::control::upgrade(path, timeout));
+    let (verb, done) = match request {
+        Request::Upgrade => ("upgrade", "upgraded"),
+        Request::Rollback => ("rollback", "rolled back"),
+    };
+    let asked = tokio::task::spawn_blocking(move || match request {
+        Request::Upgrade => graceful::control::upgrade(path, timeout),
+        Request::Rollback => graceful::control::rollback(path, timeout),
+    });
     match asked.await {
         Ok(Ok(pid)) => {
-            println!("upgraded pid={pid}");
+            println!("{done} pid={pid}");
             ExitCode::SUCCESS
         }
         Ok(Err(err)) => {
-            eprintln!("{name} upgrade: {err}");
+            eprintln!("{name} {verb}: {err}");
             ExitCode::FAILURE
         }
         Err(err) => {
-            eprintln!("{name} upgrade: the request failed: {err}");
+            eprintln!("{name} {verb}: the request failed: {err}");
             ExitCode::FAILURE
         }
     }

@@ -55,11 +55,18 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
         .map_err(|e| graceful::Error::io("reading the listener's address", e))?;
     graceful.ready()?;
     server::print_ready(&graceful, addr);
+    // The listener pauses when a successor is ready, and ends only once the successor's
+    // probation is over: say when accepting stopped.
+    let stopping = graceful.clone();
+    let stopped = tokio::spawn(async move {
+        stopping.upgrade_requested().await;
+        server::print_stopped(&stopping);
+    });
 
     while let Some(conn) = listener.next().await {
         tokio::spawn(echo(conn, graceful.clone()));
     }
-    server::print_stopped(&graceful);
+    let _ = stopped.await;
 
     server::print_exited(&graceful.drain(config.drain_timeout).await);
     Ok(())

@@ -107,6 +107,33 @@ pub enum Error {
         successor: u32,
     },
 
+    /// `upgrade()` was called in a process that is stopping for good.
+    #[error("this process (pid {pid}) is stopping, so it does not start a new generation")]
+    Stopping {
+        /// This process.
+        pid: u32,
+    },
+
+    /// The process was asked to stop while its upgrade was in flight. The stop wins: the new
+    /// process and everything it started were killed and reaped, and this process stops.
+    #[error(
+        "the upgrade of pid {pid} was cancelled because it is stopping; the new process and \
+         everything it started were killed"
+    )]
+    UpgradeCancelled {
+        /// This process.
+        pid: u32,
+    },
+
+    /// A rollback was asked for, but no previous generation can take the service back.
+    #[error("cannot roll back from pid {pid}: {reason}")]
+    RollbackUnavailable {
+        /// The process that asked.
+        pid: u32,
+        /// Why not: no previous generation, it has exited, its probation is over…
+        reason: String,
+    },
+
     /// The new binary could not be started (missing, not executable, bad working directory…).
     #[error("cannot start {}: {stage} failed: {source}", executable.display())]
     Spawn {

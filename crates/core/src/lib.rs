@@ -80,4 +80,4 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use handover::{Handover, Started};
 pub use report::Report;
-pub use upgrader::{Builder, Upgrader};
+pub use upgrader::{Builder, Transition, Upgrader};

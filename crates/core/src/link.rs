@@ -7,10 +7,20 @@
 //! Messages, child to parent:
 //! - `ready`: the child is serving; the parent may stop accepting.
 //! - `descendants N`: the child now has N living descendants (used to bound the number of
-//!   generations alive at once). Unknown lines are ignored, so newer versions can add messages.
+//!   generations alive at once).
+//! - `stopping`: the child stops for good (a stop signal, not a crash): a parent on probation
+//!   must not take it for a failure and roll back.
+//! - `rollback`: the child asks its parent, on probation, to serve again and to stop it.
+//!
+//! Parent to child:
+//! - `resumed PID`: the answer to `rollback`; the parent serves again.
+//! - `refused REASON`: the answer to `rollback` when the parent cannot take over.
+//! - `stop`: the parent has taken the service back; the child stops gracefully.
+//!
+//! Unknown lines are ignored, so newer versions can add messages.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::sys;
@@ -22,6 +32,11 @@ const MAX_LINE: usize = 256;
 pub(crate) enum Message {
     Ready,
     Descendants(usize),
+    Stopping,
+    Rollback,
+    Resumed(u32),
+    Refused(String),
+    Stop,
     Unknown(String),
 }
 
@@ -30,25 +45,52 @@ impl Message {
         match self {
             Message::Ready => b"ready\n".to_vec(),
             Message::Descendants(n) => format!("descendants {n}\n").into_bytes(),
+            Message::Stopping => b"stopping\n".to_vec(),
+            Message::Rollback => b"rollback\n".to_vec(),
+            Message::Resumed(pid) => format!("resumed {pid}\n").into_bytes(),
+            Message::Refused(reason) => format!("refused {}\n", one_line(reason)).into_bytes(),
+            Message::Stop => b"stop\n".to_vec(),
             Message::Unknown(line) => format!("{line}\n").into_bytes(),
         }
     }
 
     fn decode(line: &str) -> Message {
+        let unknown = || Message::Unknown(line.to_owned());
         match line.split_once(' ') {
-            None if line == "ready" => Message::Ready,
-            Some(("descendants", n)) => match n.parse() {
-                Ok(n) => Message::Descendants(n),
-                Err(_) => Message::Unknown(line.to_owned()),
+            None => match line {
+                "ready" => Message::Ready,
+                "stopping" => Message::Stopping,
+                "rollback" => Message::Rollback,
+                "stop" => Message::Stop,
+                _ => unknown(),
             },
-            _ => Message::Unknown(line.to_owned()),
+            Some(("descendants", n)) => n.parse().map_or_else(|_| unknown(), Message::Descendants),
+            Some(("resumed", pid)) => pid.parse().map_or_else(|_| unknown(), Message::Resumed),
+            Some(("refused", reason)) => Message::Refused(reason.to_owned()),
+            _ => unknown(),
         }
     }
 }
 
+/// A reason short enough for one line of the link, with no line break in it.
+fn one_line(reason: &str) -> String {
+    let mut line = reason.replace(['\n', '\r'], " ");
+    let mut end = line.len().min(MAX_LINE - 16);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line.truncate(end);
+    line
+}
+
 /// Sends a message; a peer that has gone is reported as an error, never as SIGPIPE.
 pub(crate) fn send(link: &OwnedFd, message: &Message) -> io::Result<()> {
-    sys::send_all(link.as_fd(), &message.encode())
+    send_fd(link.as_fd(), message)
+}
+
+/// [`send`] on a borrowed end, such as the one a [`Reader`] owns.
+pub(crate) fn send_fd(link: BorrowedFd<'_>, message: &Message) -> io::Result<()> {
+    sys::send_all(link, &message.encode())
 }
 
 /// Reads messages from one end of the link.
@@ -64,6 +106,11 @@ impl Reader {
             fd,
             buf: Vec::new(),
         }
+    }
+
+    /// The end of the link this reader reads, for answering on it.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// The next message; `None` at end of file (the peer exited). Blocks.
@@ -113,11 +160,29 @@ mod tests {
         let (a, b) = sys::socketpair().unwrap();
         send(&a, &Message::Ready).unwrap();
         send(&a, &Message::Descendants(2)).unwrap();
+        let others = [
+            Message::Stopping,
+            Message::Rollback,
+            Message::Resumed(42),
+            Message::Refused("not on probation".into()),
+            Message::Stop,
+        ];
+        for message in &others {
+            send(&a, message).unwrap();
+        }
+        send(&a, &Message::Refused(format!("a\nb{}", "x".repeat(400)))).unwrap();
         sys::send_all(a.as_fd(), b"hello from the future\n").unwrap();
         drop(a);
         let mut reader = Reader::new(b);
         assert_eq!(reader.next().unwrap(), Some(Message::Ready));
         assert_eq!(reader.next().unwrap(), Some(Message::Descendants(2)));
+        for message in others {
+            assert_eq!(reader.next().unwrap(), Some(message));
+        }
+        assert!(
+            matches!(reader.next().unwrap(), Some(Message::Refused(r)) if r.starts_with("a b")),
+            "a long reason is cut to one line"
+        );
         assert!(matches!(reader.next().unwrap(), Some(Message::Unknown(_))));
         assert_eq!(reader.next().unwrap(), None);
     }

@@ -15,6 +15,8 @@
 //!   closed when it became ready (`what` describes it: `a TCP listener on 127.0.0.1:8080`).
 //! - `upgraded <pid> <successor>`: the successor is ready; this process winds down now.
 //! - `upgrade-failed <pid> <reason>`: the upgrade failed; this process keeps serving.
+//! - `rolled-back <pid> <successor> <reason>`: the successor failed during its probation (or
+//!   asked for a rollback); this process serves again.
 //! - `drained <pid> <open_at_start> <abandoned> <outcome>`: the drain ended (sent by runtime
 //!   adapters through [`Upgrader::report_drained`]).
 //!
@@ -66,6 +68,16 @@ pub enum Report {
         /// The error, as the process logged it.
         reason: String,
     },
+    /// The successor of process `pid` failed during its probation, or asked to be rolled back;
+    /// `pid` serves again.
+    RolledBack {
+        /// The process that serves again.
+        pid: u32,
+        /// The generation that was rolled back.
+        successor: u32,
+        /// Why: how the successor ended, or that a rollback was asked for.
+        reason: String,
+    },
     /// Process `pid` finished draining its connections.
     Drained {
         /// The drained process.
@@ -100,6 +112,14 @@ impl Report {
                 pid,
                 reason: rest.to_owned(),
             },
+            "rolled-back" => {
+                let (successor, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+                Report::RolledBack {
+                    pid,
+                    successor: successor.parse().ok()?,
+                    reason: reason.to_owned(),
+                }
+            }
             "drained" => {
                 let mut fields = rest.split(' ');
                 let open_at_start = fields.next()?.parse().ok()?;
@@ -121,6 +141,11 @@ impl Report {
             Report::Unclaimed { pid, what } => format!("unclaimed {pid} {what}"),
             Report::Upgraded { pid, successor } => format!("upgraded {pid} {successor}"),
             Report::UpgradeFailed { pid, reason } => format!("upgrade-failed {pid} {reason}"),
+            Report::RolledBack {
+                pid,
+                successor,
+                reason,
+            } => format!("rolled-back {pid} {successor} {}", one_line(reason)),
             Report::Drained {
                 pid,
                 open_at_start,
@@ -219,6 +244,11 @@ mod tests {
             Report::UpgradeFailed {
                 pid: 7,
                 reason: "cannot start /x: execve failed: No such file".into(),
+            },
+            Report::RolledBack {
+                pid: 7,
+                successor: 8,
+                reason: "pid 8 ended during its probation: signal: 9 (SIGKILL)".into(),
             },
             Report::Drained {
                 pid: 7,

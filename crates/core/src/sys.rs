@@ -203,6 +203,11 @@ pub(crate) fn unix_path_addr(path: &Path) -> io::Result<UnixAddr> {
 }
 
 /// A connected pair of close-on-exec Unix stream sockets.
+/// Shuts a socket down both ways: a reader blocked on it, in any process, sees end of file.
+pub(crate) fn shutdown(fd: BorrowedFd<'_>) -> io::Result<()> {
+    cvt(socket::shutdown(fd.as_raw_fd(), socket::Shutdown::Both))
+}
+
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     cvt(socket::socketpair(
         AddressFamily::Unix,

@@ -3,10 +3,23 @@
 //! States, in the only order they can be reached:
 //!
 //! ```text
-//! Starting --ready()--> Ready --upgrade()--> Upgrading --child ready--> Replaced
-//!                         ^                      |
-//!                         +------- failure ------+
+//! Starting --ready()--> Ready --upgrade()--> Upgrading --child ready--> Probation --> Replaced
+//!                        ^ ^                     |                          |
+//!                        | +-- failure, stop ----+                          |
+//!                        +------------ successor died, or rollback ---------+
 //! ```
+//!
+//! Probation (off unless [`Builder::probation`] sets it): the successor serves, and this
+//! generation stops accepting but keeps its sockets. If the successor dies within the window
+//! (or asks to be rolled back), this generation takes the service back: PID file, main pid,
+//! accepting. The window ends early when the successor stops for good (it says so on the link,
+//! so a stop is never taken for a crash), when it is replaced itself, or when this generation
+//! stops or must finish. A rollback happens only if the runtime adapter says this generation
+//! can still serve ([`Upgrader::set_resume_check`]).
+//!
+//! Stop versus upgrade: [`Upgrader::stopping`] wins. An upgrade in flight is cancelled (the new
+//! process and its process group are killed and reaped) and a probation ends at once; no later
+//! upgrade starts.
 //!
 //! Generations: every process keeps a link to its parent (until the parent exits) and, once
 //! replaced, to its child. Each child tells its parent how many living descendants it has, so
@@ -25,10 +38,11 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -73,6 +87,7 @@ pub struct Builder {
     executable: Option<PathBuf>,
     max_generations: usize,
     listen_backlog: u32,
+    probation: Duration,
 }
 
 impl Default for Builder {
@@ -83,6 +98,7 @@ impl Default for Builder {
             executable: None,
             max_generations: DEFAULT_MAX_GENERATIONS,
             listen_backlog: DEFAULT_BACKLOG,
+            probation: Duration::ZERO,
         }
     }
 }
@@ -114,6 +130,21 @@ impl Builder {
     /// is told to finish now through [`Upgrader::finish_requested`]. Default: 3.
     pub fn max_generations(mut self, max: usize) -> Self {
         self.max_generations = max;
+        self
+    }
+
+    /// How long a replaced generation stays able to take the service back if its successor
+    /// dies. Default: zero, none: the runtime adapters, which can resume accepting, set their
+    /// own (the tokio adapter's is 5 s).
+    ///
+    /// During the window this process keeps its sockets but does not accept; if the successor
+    /// exits for any reason but a graceful stop, or asks for a rollback, this process serves
+    /// again: it rewrites the PID file, tells the service manager it is the main pid again,
+    /// reports [`Transition::RolledBack`], and may be upgraded again. The window costs a
+    /// replaced process at least this long a life. It ends early when the successor stops for
+    /// good, is replaced itself, or when this process stops.
+    pub fn probation(mut self, window: Duration) -> Self {
+        self.probation = window;
         self
     }
 
@@ -206,8 +237,14 @@ impl Builder {
                 cwd,
                 max_generations: self.max_generations,
                 backlog,
+                probation: self.probation,
             },
             state: Mutex::new(State::Starting),
+            stopping: AtomicBool::new(false),
+            observers: Mutex::new(Vec::new()),
+            resume_check: Mutex::new(None),
+            starting_link: Mutex::new(None),
+            rollback_answer: Mutex::new(None),
             registry: Mutex::new(Registry::new(fds)),
             lineage: Mutex::new(Lineage {
                 parent_alive: link.is_some(),
@@ -250,12 +287,27 @@ pub struct Upgrader {
     inner: Arc<Inner>,
 }
 
+type Observer = Arc<dyn Fn(&Transition) + Send + Sync>;
+type ResumeCheck = Box<dyn Fn() -> bool + Send + Sync>;
+/// The previous generation's answer to a rollback request: its pid, or why not.
+type RollbackAnswer = std::result::Result<u32, String>;
+
 struct Inner {
     pid: u32,
     parent_pid: Option<u32>,
     generation: u64,
     config: Config,
     state: Mutex<State>,
+    /// Set once by [`Upgrader::stopping`]; read and written under the `state` lock, so that a
+    /// stop and an upgrade never both win.
+    stopping: AtomicBool,
+    observers: Mutex<Vec<Observer>>,
+    resume_check: Mutex<Option<ResumeCheck>>,
+    /// A duplicate of our end of the link to a child that is starting: a stop shuts it down,
+    /// which wakes the upgrade's wait at once, whoever else holds the child's end.
+    starting_link: Mutex<Option<OwnedFd>>,
+    /// Where the parent watcher delivers the answer to a pending [`Upgrader::rollback`].
+    rollback_answer: Mutex<Option<mpsc::Sender<RollbackAnswer>>>,
     registry: Mutex<Registry>,
     lineage: Mutex<Lineage>,
     /// Our end of the link to the parent, for sending; a watcher thread reads a duplicate.
@@ -274,14 +326,56 @@ struct Config {
     cwd: Option<PathBuf>,
     max_generations: usize,
     backlog: Backlog,
+    probation: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Starting,
     Ready,
-    Upgrading,
-    Replaced { successor: u32 },
+    /// `child` is known from fork until it is being reaped; a stop kills it only meanwhile.
+    Upgrading {
+        child: Option<u32>,
+    },
+    Probation {
+        successor: u32,
+    },
+    Replaced {
+        successor: u32,
+    },
+}
+
+/// A change in this generation's standing, for runtime adapters; see
+/// [`Upgrader::on_transition`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transition {
+    /// The successor is ready and serves: stop accepting and wind long-lived connections down.
+    /// With a probation, keep the listeners: the service may come back.
+    Replaced {
+        /// The new generation.
+        successor: u32,
+    },
+    /// The probation is over (or there was none): this generation never serves again. End the
+    /// listeners and drain.
+    Retired {
+        /// The new generation.
+        successor: u32,
+    },
+    /// The successor died during the probation, or asked for a rollback: accept again and
+    /// serve as before.
+    RolledBack {
+        /// The generation that failed.
+        successor: u32,
+        /// How it ended, or that a rollback was asked for.
+        reason: String,
+    },
+    /// The previous generation took the service back from this one (a rollback): stop
+    /// gracefully.
+    StopRequested {
+        /// The previous generation, which serves again.
+        by: u32,
+    },
 }
 
 struct Lineage {
@@ -564,16 +658,21 @@ impl Upgrader {
         let inner = &self.inner;
         {
             let mut state = inner.state();
+            if inner.stopping.load(Ordering::SeqCst) {
+                return Err(Error::Stopping { pid: inner.pid });
+            }
             match *state {
                 State::Starting => return Err(Error::NotReady { pid: inner.pid }),
-                State::Upgrading => return Err(Error::UpgradeInProgress { pid: inner.pid }),
-                State::Replaced { successor } => {
+                State::Upgrading { .. } => {
+                    return Err(Error::UpgradeInProgress { pid: inner.pid });
+                }
+                State::Probation { successor } | State::Replaced { successor } => {
                     return Err(Error::AlreadyReplaced {
                         pid: inner.pid,
                         successor,
                     });
                 }
-                State::Ready => *state = State::Upgrading,
+                State::Ready => *state = State::Upgrading { child: None },
             }
         }
         inner.notifier.send(&notify::reloading(&format!(
@@ -583,24 +682,47 @@ impl Upgrader {
             inner.generation + 1
         )));
         let started = inner.start_successor();
+        inner.starting_link().take();
+        let started = started.and_then(|(child, reader)| {
+            // A stop that came while the child got ready still wins.
+            if inner.stopping.load(Ordering::SeqCst) {
+                if let Err(err) = inner.end_child(child) {
+                    tracing::warn!(child_pid = child, %err, "cannot reap the cancelled process");
+                }
+                return Err(Error::UpgradeCancelled { pid: inner.pid });
+            }
+            Ok((child, reader))
+        });
         let mut state = inner.state();
         let (child, reader) = match started {
             Ok(started) => started,
             Err(err) => {
                 *state = State::Ready;
-                tracing::error!(pid = inner.pid, %err, "upgrade failed; this generation keeps serving");
-                inner.notifier.send(&format!(
-                    "READY=1\nSTATUS={}",
-                    notify::one_line(&format!(
-                        "Upgrade failed; pid {} (generation {}) still serving: {err}",
-                        inner.pid, inner.generation
-                    ))
-                ));
+                let stopping = inner.stopping.load(Ordering::SeqCst);
+                drop(state);
+                let err = if stopping {
+                    Error::UpgradeCancelled { pid: inner.pid }
+                } else {
+                    err
+                };
+                if stopping {
+                    tracing::warn!(pid = inner.pid, %err, "upgrade cancelled by the stop");
+                } else {
+                    tracing::error!(pid = inner.pid, %err, "upgrade failed; this generation keeps serving");
+                    inner.notifier.send(&format!(
+                        "READY=1\nSTATUS={}",
+                        notify::one_line(&format!(
+                            "Upgrade failed; pid {} (generation {}) still serving: {err}",
+                            inner.pid, inner.generation
+                        ))
+                    ));
+                }
                 report::upgrade_failed(inner.pid, &err);
                 return Err(err);
             }
         };
-        *state = State::Replaced { successor: child };
+        let probation = inner.config.probation;
+        *state = State::Probation { successor: child };
         drop(state);
         // Before anything lets this process stop accepting or exit: the manager must know the
         // new main pid first, or it takes this process's exit for the service's end.
@@ -612,20 +734,115 @@ impl Upgrader {
             pid: inner.pid,
             successor: child,
         });
-
-        inner.registry().release();
-        inner.replaced.set();
         inner.lineage().descendants = 1;
         inner.report_descendants();
+        inner.emit(&Transition::Replaced { successor: child });
+        if probation.is_zero() {
+            inner.retire(child, "there is no probation");
+        } else {
+            tracing::info!(
+                pid = inner.pid,
+                successor = child,
+                ?probation,
+                "on probation: this generation keeps its sockets, without accepting, and takes \
+                 the service back if the new one dies"
+            );
+        }
         inner.check_generations();
         let watcher = inner.clone();
+        let deadline = Instant::now() + probation;
         if let Err(err) = std::thread::Builder::new()
             .name("graceful-child".into())
-            .spawn(move || watcher.watch_child(child, reader))
+            .spawn(move || watcher.watch_child(child, reader, deadline))
         {
-            tracing::warn!(%err, "cannot watch the new generation; generation counting is off");
+            tracing::warn!(%err, "cannot watch the new generation; its probation ends now");
+            inner.retire(child, "the new generation cannot be watched");
         }
         Ok(child)
+    }
+
+    /// Asks the previous generation, on probation, to take the service back, and returns its
+    /// pid once it serves again. This process is then told to stop gracefully
+    /// ([`Transition::StopRequested`]). For a deploy that sees the new build misbehave; the
+    /// tokio adapter's control socket answers `rollback` requests with it.
+    ///
+    /// Blocks for up to `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RollbackUnavailable`] when this process was not started by an upgrade, its
+    /// parent has exited or refuses (its probation is over, it is stopping, its listeners are
+    /// gone), or no answer came within `timeout`.
+    pub fn rollback(&self, timeout: Duration) -> Result<u32> {
+        let inner = &self.inner;
+        let unavailable = |reason: String| Error::RollbackUnavailable {
+            pid: inner.pid,
+            reason,
+        };
+        let Some(link) = &inner.parent_link else {
+            return Err(unavailable(
+                "this generation was not started by an upgrade".into(),
+            ));
+        };
+        if inner.parent_exited.is_set() {
+            return Err(unavailable(format!(
+                "the previous generation (pid {}) has exited",
+                inner.parent_pid.unwrap_or_default()
+            )));
+        }
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut pending = inner
+                .rollback_answer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if pending.is_some() {
+                return Err(unavailable("a rollback is already being asked for".into()));
+            }
+            *pending = Some(tx);
+        }
+        let asked = link::send(link, &Message::Rollback);
+        let answer = match asked {
+            Err(err) => Err(format!("cannot ask the previous generation: {err}")),
+            Ok(()) => match rx.recv_timeout(timeout) {
+                Ok(answer) => answer,
+                Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                    "no answer from the previous generation within {timeout:?}"
+                )),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(format!(
+                    "the previous generation (pid {}) exited without answering",
+                    inner.parent_pid.unwrap_or_default()
+                )),
+            },
+        };
+        inner
+            .rollback_answer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        answer.map_err(unavailable)
+    }
+
+    /// Calls `observer` on every [`Transition`] of this generation, on the thread that makes
+    /// it. For runtime adapters; the observer must not block.
+    pub fn on_transition(&self, observer: impl Fn(&Transition) + Send + Sync + 'static) {
+        self.inner
+            .observers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::new(observer));
+    }
+
+    /// Sets what decides whether this generation can serve again when its successor fails
+    /// during the probation: a runtime adapter answers whether it still has a listener that
+    /// can resume accepting. Without a check, a generation never rolls back: the caller of
+    /// [`upgrade`](Self::upgrade) may have closed its sockets already.
+    pub fn set_resume_check(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
+        *self
+            .inner
+            .resume_check
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(check));
     }
 
     /// This process's pid.
@@ -649,16 +866,23 @@ impl Upgrader {
     }
 
     /// The pid of the generation that replaced this one, once [`upgrade`](Self::upgrade)
-    /// succeeded.
+    /// succeeded (and until a rollback, if the successor fails during the probation).
     pub fn successor(&self) -> Option<u32> {
         match *self.inner.state() {
-            State::Replaced { successor } => Some(successor),
+            State::Probation { successor } | State::Replaced { successor } => Some(successor),
             _ => None,
         }
     }
 
-    /// Set when this process has been replaced: a new generation is ready, and this one should
-    /// stop accepting, finish its work and exit.
+    /// Whether this process is on probation: replaced, but able to take the service back if
+    /// its successor dies (see [`Builder::probation`]).
+    pub fn on_probation(&self) -> bool {
+        matches!(*self.inner.state(), State::Probation { .. })
+    }
+
+    /// Set when this process has been replaced for good (after the probation, if there is
+    /// one): a new generation serves, and this one should stop accepting, finish its work and
+    /// exit.
     pub fn replaced(&self) -> &Event {
         &self.inner.replaced
     }
@@ -697,22 +921,61 @@ impl Upgrader {
         })
     }
 
-    /// Tells the service manager (`NOTIFY_SOCKET`) that this process is stopping for good,
-    /// without a successor: `STOPPING=1`. Returns whether it was sent.
+    /// Marks this process as stopping for good, without a successor, and tells the service
+    /// manager (`NOTIFY_SOCKET`) `STOPPING=1`; returns whether that was sent. Call it once, when
+    /// a stop is asked for; the tokio adapter's stop does.
     ///
-    /// Not sent by a process that has been replaced, or is being upgraded: the service is, or
-    /// is about to be, its successor, and `STOPPING=1` would have systemd stop the service.
-    /// Nothing is sent either when no service manager listens.
+    /// The stop wins over an upgrade: one in flight is cancelled (the new process and its
+    /// process group are killed and reaped, and [`upgrade`](Self::upgrade) returns
+    /// [`Error::UpgradeCancelled`]), a probation ends at once without a rollback, and no later
+    /// upgrade starts. The previous generation, if it is alive, is told that this one stops
+    /// on purpose, so that it does not take the stop for a crash and roll back.
+    ///
+    /// `STOPPING=1` is not sent by a process that has been replaced: the service is its
+    /// successor, and `STOPPING=1` would have systemd stop the service. Nothing is sent either
+    /// when no service manager listens.
     pub fn stopping(&self) -> bool {
         let inner = &self.inner;
-        let state = *inner.state();
+        let mut state = inner.state();
+        if inner.stopping.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let current = *state;
+        match current {
+            State::Upgrading { child } => {
+                tracing::warn!(
+                    pid = inner.pid,
+                    child_pid = child,
+                    "stopping during an upgrade: cancelling it"
+                );
+                if let Some(child) = child {
+                    sys::kill_hard(child);
+                }
+                if let Some(link) = inner.starting_link().as_ref() {
+                    if let Err(err) = sys::shutdown(link.as_fd()) {
+                        tracing::debug!(%err, "cannot shut the starting link down");
+                    }
+                }
+            }
+            State::Probation { successor } => {
+                drop(state);
+                inner.retire(successor, "this generation is stopping");
+                state = inner.state();
+            }
+            _ => {}
+        }
+        drop(state);
+        if let Some(link) = &inner.parent_link {
+            // A parent that has gone needs no telling.
+            let _ = link::send(link, &Message::Stopping);
+        }
         if !inner.notifier.is_enabled() {
             return false;
         }
-        if matches!(state, State::Upgrading | State::Replaced { .. }) {
+        if let State::Probation { .. } | State::Replaced { .. } = current {
             tracing::debug!(
                 pid = inner.pid,
-                ?state,
+                state = ?current,
                 "not telling the service manager STOPPING=1: the service continues in a successor"
             );
             return false;
@@ -722,6 +985,11 @@ impl Upgrader {
             inner.pid, inner.generation
         ));
         true
+    }
+
+    /// Whether [`stopping`](Self::stopping) has been called.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::SeqCst)
     }
 }
 
@@ -745,6 +1013,12 @@ impl Inner {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn starting_link(&self) -> MutexGuard<'_, Option<OwnedFd>> {
+        self.starting_link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lineage(&self) -> MutexGuard<'_, Lineage> {
         self.lineage.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -763,6 +1037,8 @@ impl Inner {
         let deadline = started + config.upgrade_timeout;
 
         let (ours, theirs) = sys::socketpair().map_err(|e| Error::io("creating the link", e))?;
+        *self.starting_link() =
+            Some(sys::dup_cloexec(ours.as_fd()).map_err(|e| Error::io("duplicating the link", e))?);
         let child = {
             let registry = self.registry();
             let (names, mut fds) = registry.handover();
@@ -793,6 +1069,17 @@ impl Inner {
         };
         drop(theirs);
         span.record("child_pid", child);
+        {
+            let mut state = self.state();
+            *state = State::Upgrading { child: Some(child) };
+            if self.stopping.load(Ordering::SeqCst) {
+                drop(state);
+                if let Err(err) = self.end_child(child) {
+                    tracing::warn!(child_pid = child, %err, "cannot reap the cancelled process");
+                }
+                return Err(Error::UpgradeCancelled { pid: self.pid });
+            }
+        }
         tracing::info!(
             child_pid = child,
             "new generation started; waiting until it is ready"
@@ -806,15 +1093,13 @@ impl Inner {
                 Ok(None) => {
                     // The child closed the link: it exited. Killing a zombie is harmless and
                     // makes sure nothing lingers if it only closed the descriptor.
-                    sys::kill_hard(child);
-                    return Err(match sys::wait_child(child) {
+                    return Err(match self.end_child(child) {
                         Ok(status) => Error::ChildExited { pid: child, status },
                         Err(e) => Error::io("reaping the new process that exited early", e),
                     });
                 }
                 Err(err) => {
-                    sys::kill_hard(child);
-                    if let Err(e) = sys::wait_child(child) {
+                    if let Err(e) = self.end_child(child) {
                         tracing::warn!(child_pid = child, %e, "cannot reap the killed process");
                     }
                     return Err(if err.kind() == std::io::ErrorKind::TimedOut {
@@ -836,29 +1121,196 @@ impl Inner {
         Ok((child, reader))
     }
 
+    /// Kills a new process that failed, with everything it started, and reaps it. It is
+    /// forgotten first, under the state lock, so that a concurrent stop never signals a pid
+    /// that has been reaped and may belong to someone else by now.
+    fn end_child(&self, child: u32) -> std::io::Result<std::process::ExitStatus> {
+        if let State::Upgrading { child: known } = &mut *self.state() {
+            *known = None;
+        }
+        sys::kill_hard(child);
+        sys::wait_child(child)
+    }
+
+    fn emit(&self, transition: &Transition) {
+        let observers = self
+            .observers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for observer in observers {
+            observer(transition);
+        }
+    }
+
+    /// Ends the probation: this generation will not serve again.
+    fn retire(&self, successor: u32, why: &str) {
+        {
+            let mut state = self.state();
+            if *state != (State::Probation { successor }) {
+                return;
+            }
+            *state = State::Replaced { successor };
+        }
+        self.registry().release();
+        self.replaced.set();
+        tracing::info!(
+            pid = self.pid,
+            successor,
+            "replaced for good ({why}); this generation will not serve again"
+        );
+        self.emit(&Transition::Retired { successor });
+    }
+
+    /// Takes the service back from a successor on probation; returns whether it did.
+    fn roll_back(&self, successor: u32, reason: &str) -> std::result::Result<(), String> {
+        {
+            let mut state = self.state();
+            if *state != (State::Probation { successor }) {
+                return Err(format!(
+                    "pid {} is not on probation for pid {successor} (it is {:?})",
+                    self.pid, *state
+                ));
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return Err(format!("pid {} is stopping", self.pid));
+            }
+            let can_serve = self
+                .resume_check
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|check| check());
+            if !can_serve {
+                return Err(format!(
+                    "pid {} cannot accept again: its listeners are gone",
+                    self.pid
+                ));
+            }
+            *state = State::Ready;
+        }
+        tracing::error!(
+            pid = self.pid,
+            successor,
+            reason,
+            "rolled back: the new generation failed during its probation; this generation \
+             serves again"
+        );
+        if let Some(path) = &self.config.pid_file {
+            if let Err(err) = pidfile::write(path, self.pid) {
+                tracing::error!(path = %path.display(), %err, "cannot rewrite the PID file after the rollback");
+            }
+        }
+        self.notifier.send(&format!(
+            "MAINPID={}\nREADY=1\nSTATUS={}",
+            self.pid,
+            notify::one_line(&format!(
+                "Rolled back: pid {} (generation {}) serves again; pid {successor}: {reason}",
+                self.pid, self.generation
+            ))
+        ));
+        report::send(&report::Report::RolledBack {
+            pid: self.pid,
+            successor,
+            reason: reason.to_owned(),
+        });
+        self.lineage().descendants = 0;
+        self.report_descendants();
+        self.emit(&Transition::RolledBack {
+            successor,
+            reason: reason.to_owned(),
+        });
+        Ok(())
+    }
+
     /// Runs on its own thread while the parent lives: end of file on the link means it exited.
+    /// The parent also answers rollback requests and, after taking the service back, asks this
+    /// generation to stop.
     fn watch_parent(&self, mut reader: Reader) {
-        while let Ok(Some(_)) = reader.next() {}
+        while let Ok(Some(message)) = reader.next() {
+            match message {
+                Message::Resumed(pid) => self.answer_rollback(Ok(pid)),
+                Message::Refused(reason) => self.answer_rollback(Err(reason)),
+                Message::Stop => {
+                    let by = self.parent_pid.unwrap_or_default();
+                    tracing::warn!(
+                        pid = self.pid,
+                        parent_pid = by,
+                        "the previous generation took the service back; stopping"
+                    );
+                    self.emit(&Transition::StopRequested { by });
+                }
+                _ => {}
+            }
+        }
         tracing::info!(
             pid = self.pid,
             parent_pid = self.parent_pid,
             "the previous generation has exited"
         );
+        // A pending rollback learns that nobody will answer.
+        self.rollback_answer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         self.lineage().parent_alive = false;
         self.parent_exited.set();
         self.check_generations();
     }
 
-    /// Runs on its own thread once replaced: counts the living descendants.
-    fn watch_child(&self, child: u32, mut reader: Reader) {
+    fn answer_rollback(&self, answer: RollbackAnswer) {
+        if let Some(pending) = self
+            .rollback_answer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = pending.send(answer);
+        }
+    }
+
+    /// Runs on its own thread once replaced: watches the successor through its probation, then
+    /// counts the living descendants.
+    fn watch_child(&self, child: u32, mut reader: Reader, probation_ends: Instant) {
+        // Whether the successor said it stops on purpose: its exit is then no failure.
+        let mut child_stopping = false;
         loop {
-            match reader.next() {
+            let on_probation = *self.state() == (State::Probation { successor: child });
+            let next = if on_probation {
+                reader.next_until(probation_ends)
+            } else {
+                reader.next()
+            };
+            match next {
                 Ok(Some(Message::Descendants(n))) => {
                     self.lineage().descendants = n + 1;
                     self.report_descendants();
+                    if n > 0 {
+                        self.retire(child, "the new generation was replaced itself");
+                    }
                     self.check_generations();
                 }
+                Ok(Some(Message::Stopping)) => {
+                    child_stopping = true;
+                    self.retire(child, "the new generation is stopping");
+                }
+                Ok(Some(Message::Rollback)) => {
+                    let answer = self.roll_back(child, "a rollback was asked for");
+                    let link = reader.fd();
+                    match answer {
+                        Ok(()) => {
+                            let _ = link::send_fd(link, &Message::Resumed(self.pid));
+                            let _ = link::send_fd(link, &Message::Stop);
+                        }
+                        Err(reason) => {
+                            let _ = link::send_fd(link, &Message::Refused(reason));
+                        }
+                    }
+                }
                 Ok(Some(_)) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
+                    self.retire(child, "the probation passed");
+                }
                 Ok(None) | Err(_) => break,
             }
         }
@@ -867,7 +1319,29 @@ impl Inner {
         // has left nobody serving after it.
         let had_successor = std::mem::take(&mut self.lineage().descendants) > 1;
         self.report_descendants();
+        // Whatever it started goes with it; a rolled-back successor is stopping gracefully
+        // instead, and ends here only once it has exited.
         let status = sys::wait_child(child);
+        let on_probation = *self.state() == (State::Probation { successor: child });
+        if on_probation && !child_stopping {
+            let reason = match &status {
+                Ok(status) => format!("pid {child} ended during its probation: {status}"),
+                Err(err) => format!("pid {child} ended during its probation (not reaped: {err})"),
+            };
+            if let Err(why_not) = self.roll_back(child, &reason) {
+                tracing::error!(
+                    pid = self.pid,
+                    child_pid = child,
+                    reason,
+                    why_not,
+                    "the new generation died during its probation, and this one cannot take \
+                     the service back"
+                );
+                self.retire(child, "the new generation died and no rollback is possible");
+            }
+            return;
+        }
+        self.retire(child, "the new generation has exited");
         match (had_successor, status) {
             (true, Ok(status)) => tracing::warn!(
                 pid = self.pid,
@@ -875,6 +1349,12 @@ impl Inner {
                 %status,
                 "the next generation, itself replaced, exited before this one: the count of \
                  generations alive no longer includes its successors"
+            ),
+            (false, Ok(status)) if child_stopping => tracing::info!(
+                pid = self.pid,
+                child_pid = child,
+                %status,
+                "the generation that replaced this one has stopped"
             ),
             (false, Ok(status)) => tracing::error!(
                 pid = self.pid,
@@ -902,6 +1382,9 @@ impl Inner {
             return;
         }
         drop(lineage);
+        if let State::Probation { successor } = *self.state() {
+            self.retire(successor, "too many generations are alive");
+        }
         if self.finish_requested.set() {
             tracing::warn!(
                 pid = self.pid,

@@ -96,7 +96,7 @@ impl<L, S> Serve<L, S> {
     }
 
     /// Do not call `graceful::ready()` once serving has started: the application will, when
-    /// it has warmed up.
+    /// it has warmed up. Nothing is accepted until it does.
     pub fn without_ready(mut self) -> Self {
         self.call_ready = false;
         self
@@ -134,7 +134,11 @@ where
                 idle_grace: self.idle_grace,
                 graceful: graceful.clone(),
             });
-            let mut listener = self.listener;
+            let mut listener = if self.call_ready {
+                self.listener
+            } else {
+                self.listener.wait_for_ready()
+            };
             let service = self.service;
             let accepting = tokio::spawn(async move {
                 while let Some((io, _)) = listener.accept().await {

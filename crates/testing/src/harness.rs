@@ -350,6 +350,12 @@ impl Harness {
         self.monitor.lineage().generations.clone()
     }
 
+    /// The rollbacks so far: generations that took the service back from a successor that
+    /// failed during their probation. [`pid`](Self::pid) names the one that serves then.
+    pub fn rollbacks(&self) -> Vec<crate::Rollback> {
+        self.monitor.lineage().rollbacks.clone()
+    }
+
     /// Everything the server's generations wrote on their standard output and error so far.
     pub fn output(&self) -> String {
         self.output.text()

@@ -72,4 +72,4 @@ mod sys;
 pub use error::{Error, Result};
 pub use harness::{Builder, Harness, Upgraded, is_server};
 pub use load::{Client, Failure, Load, LoadReport, Tally};
-pub use monitor::{Drain, Generation};
+pub use monitor::{Drain, Generation, Rollback};

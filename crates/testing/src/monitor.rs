@@ -134,6 +134,20 @@ pub(crate) struct Lineage {
     pub(crate) failures: Vec<(u32, String)>,
     /// Inherited descriptors a generation did not adopt, by its pid.
     pub(crate) unclaimed: Vec<(u32, String)>,
+    /// Rollbacks, in order.
+    pub(crate) rollbacks: Vec<Rollback>,
+}
+
+/// A generation that took the service back from its successor during the probation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rollback {
+    /// The generation that serves again.
+    pub pid: u32,
+    /// The successor that was rolled back.
+    pub from: u32,
+    /// How the successor ended, or that a rollback was asked for.
+    pub reason: String,
 }
 
 impl Lineage {
@@ -178,6 +192,7 @@ impl Monitor {
                 current: pid,
                 failures: Vec::new(),
                 unclaimed: Vec::new(),
+                rollbacks: Vec::new(),
             }),
             changed: watch::Sender::new(0),
         }
@@ -234,6 +249,22 @@ impl Monitor {
                 born = Some(successor);
             }
             Report::UpgradeFailed { pid, reason } => lineage.failures.push((pid, reason)),
+            Report::RolledBack {
+                pid,
+                successor,
+                reason,
+            } => {
+                if let Some(generation) = lineage.get_mut(pid) {
+                    generation.successor = None;
+                    generation.replaced_at = None;
+                }
+                lineage.current = pid;
+                lineage.rollbacks.push(Rollback {
+                    pid,
+                    from: successor,
+                    reason,
+                });
+            }
             Report::Drained {
                 pid,
                 open_at_start,

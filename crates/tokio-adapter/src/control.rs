@@ -11,12 +11,21 @@
 //! -> upgrade
 //! <- ok 4243                                  the new generation, pid 4243, serves
 //! <- error new process (pid 4243) exited …    nothing changed; the old generation serves on
+//!
+//! -> rollback
+//! <- ok 4242                                  the previous generation, pid 4242, serves again
+//! <- error cannot roll back from pid 4243: …  nothing changed
 //! ```
 //!
+//! `rollback` is for a deploy that sees the new build misbehave within the previous
+//! generation's probation (see [`Builder::probation`](crate::Builder::probation)): the previous
+//! generation accepts again and the one that answered stops gracefully.
+//!
 //! The server side is [`Builder::control_socket`](crate::Builder::control_socket); the client
-//! side is [`upgrade`]. The socket is handed over like any listener: the old generation stops
-//! accepting on it when it is replaced, and the new one answers from then on. A connection the
-//! old generation accepted is answered by it, and counted by its drain until it is answered.
+//! side is [`upgrade`] and [`rollback`]. The socket is handed over like any listener: the old
+//! generation stops accepting on it when it is replaced, and the new one answers from then on
+//! (after a rollback, the old one again). A connection the old generation accepted is answered
+//! by it, and counted by its drain until it is answered.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -33,10 +42,10 @@ use crate::tracked::TrackedStream;
 
 /// The longest request or answer line read.
 const MAX_LINE: u64 = 4096;
+/// How long the previous generation may take to answer a rollback request.
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait before accepting again after an accept error.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why [`upgrade`] did not report a new generation.
 #[derive(Debug)]
@@ -53,6 +62,12 @@ pub enum ControlError {
     /// The server tried and failed, or refused (an upgrade already in progress, a process
     /// that is stopping). The generation that served goes on serving.
     Failed {
+        /// The server's reason.
+        reason: String,
+    },
+    /// The server could not roll back (no previous generation, or its probation is over). The
+    /// generation that served goes on serving.
+    RollbackFailed {
         /// The server's reason.
         reason: String,
     },
@@ -79,6 +94,7 @@ impl fmt::Display for ControlError {
                 )
             }
             ControlError::Failed { reason } => write!(f, "upgrade failed: {reason}"),
+            ControlError::RollbackFailed { reason } => write!(f, "rollback failed: {reason}"),
             ControlError::Timeout { timeout } => write!(
                 f,
                 "no answer on the control socket within {timeout:?}; the upgrade may still be \
@@ -119,7 +135,35 @@ impl std::error::Error for ControlError {
 /// [`ControlError::Failed`] with the server's reason when the upgrade failed or was refused;
 /// the other variants when the server could not be asked or did not answer.
 pub fn upgrade(path: impl AsRef<Path>, timeout: Duration) -> Result<u32, ControlError> {
-    let path = path.as_ref();
+    request(path.as_ref(), "upgrade", timeout)
+}
+
+/// Asks the server listening on the control socket at `path` to roll back to the previous
+/// generation, which must still be on probation; returns the pid of that generation once it
+/// serves again. The generation that answered stops gracefully.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// match graceful_tokio::control::rollback("/run/my-server/control.sock", Duration::from_secs(30)) {
+///     Ok(pid) => println!("rolled back: pid {pid} serves again"),
+///     Err(err) => eprintln!("{err}"),
+/// }
+/// ```
+///
+/// # Errors
+///
+/// [`ControlError::RollbackFailed`] with the server's reason (no previous generation, its
+/// probation is over…); the other variants when the server could not be asked or did not
+/// answer.
+pub fn rollback(path: impl AsRef<Path>, timeout: Duration) -> Result<u32, ControlError> {
+    request(path.as_ref(), "rollback", timeout).map_err(|err| match err {
+        ControlError::Failed { reason } => ControlError::RollbackFailed { reason },
+        other => other,
+    })
+}
+
+fn request(path: &Path, request: &str, timeout: Duration) -> Result<u32, ControlError> {
     let deadline = Instant::now() + timeout;
     let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Unreachable {
         path: path.to_owned(),
@@ -131,7 +175,9 @@ pub fn upgrade(path: impl AsRef<Path>, timeout: Duration) -> Result<u32, Control
     stream
         .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
         .map_err(broken)?;
-    stream.write_all(b"upgrade\n").map_err(broken)?;
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(broken)?;
 
     let mut answer = Vec::new();
     let mut chunk = [0u8; 256];
@@ -198,7 +244,7 @@ pub(crate) fn serve(graceful: &Graceful, path: &Path) -> Result<()> {
     let listener = tokio::net::UnixListener::from_std(listener)
         .map_err(|e| Error::io("registering the control socket with tokio", e))?;
     tracing::debug!(path = %path.display(), "answering upgrade requests on the control socket");
-    tokio::spawn(accept(graceful.clone(), listener));
+    tokio::spawn(accept(graceful.clone(), graceful.wrap_control(listener)));
     Ok(())
 }
 
@@ -224,24 +270,11 @@ fn is_stale(path: &Path) -> bool {
         && matches!(UnixStream::connect(path), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
 }
 
-/// Accepts until this process is replaced or stopping; a new generation answers after that.
-async fn accept(graceful: Graceful, listener: tokio::net::UnixListener) {
-    let winding_down = graceful.upgrade_requested();
-    tokio::pin!(winding_down);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut winding_down => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(answer(graceful.clone(), graceful.track(stream)));
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "accepting on the control socket failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
-        }
+/// Accepts while this generation serves, like the application's listeners: from readiness
+/// until it is replaced or stopping, paused during a successor's probation.
+async fn accept(graceful: Graceful, mut listener: crate::UnixListener) {
+    while let Some((stream, _)) = listener.accept().await {
+        tokio::spawn(answer(graceful.clone(), stream));
     }
 }
 
@@ -268,8 +301,20 @@ async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream
 }
 
 async fn respond(graceful: &Graceful, request: &str) -> String {
+    if request == "rollback" {
+        tracing::warn!(
+            pid = std::process::id(),
+            "rollback requested on the control socket"
+        );
+        return match graceful.rollback(ROLLBACK_TIMEOUT).await {
+            Ok(pid) => format!("ok {pid}"),
+            Err(err) => format!("error {err}"),
+        };
+    }
     if request != "upgrade" {
-        return format!("error unknown request {request:?}; the only request is \"upgrade\"");
+        return format!(
+            "error unknown request {request:?}; the requests are \"upgrade\" and \"rollback\""
+        );
     }
     if graceful.is_upgrade_requested() {
         return format!(

@@ -9,7 +9,13 @@
 //!   SIGHUP, which is to terminate.
 //! - `upgrade_requested()` completes when this process should wind down: a new generation is
 //!   ready and serving, or a graceful stop was asked for. Not at SIGHUP: an upgrade that fails
-//!   changes nothing for the running server.
+//!   changes nothing for the running server. After a rollback it is pending again: futures
+//!   made from then on wait for the next upgrade.
+//! - Listeners accept only through the gate (`gate.rs`): from readiness until a successor
+//!   serves; they pause during the successor's probation and resume after a rollback.
+//! - A stop wins over an upgrade: one in flight is cancelled and its process group killed, and
+//!   no wait of this handle depends on the upgrade's thread, so a second stop signal ends the
+//!   drain at once.
 //! - The control socket, if any, is registered with the upgrader when the handle is installed,
 //!   so that it is inherited like any listener and each generation answers on it while it serves.
 
@@ -24,6 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use graceful_core::Transition;
 use graceful_core::{Error, Result, Upgrader};
 use pin_project_lite::pin_project;
 use tokio::net::ToSocketAddrs;
@@ -31,11 +38,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
-use crate::listener::{Listener, TcpListener, UnixListener};
+use crate::gate::{Accepting, Gate};
+use crate::listener::{Listener, ReportReady, TcpListener, UnixListener};
 use crate::tracked::{ConnectionGuard, TrackedStream};
 
 static GLOBAL: OnceLock<Graceful> = OnceLock::new();
 static INSTALL: Mutex<()> = Mutex::new(());
+
+/// How long a replaced generation can take the service back by default; see
+/// [`Builder::probation`].
+const DEFAULT_PROBATION: Duration = Duration::from_secs(5);
 
 /// Configures and installs the process's [`Graceful`] handle, for servers that need more than
 /// the defaults.
@@ -61,21 +73,24 @@ pub struct Builder {
     upgrade_signal: Option<SignalKind>,
     stop_signals: Vec<SignalKind>,
     control_socket: Option<PathBuf>,
+    explicit_ready: bool,
 }
 
 impl Default for Builder {
     fn default() -> Self {
         Builder {
-            core: Upgrader::builder(),
+            core: Upgrader::builder().probation(DEFAULT_PROBATION),
             upgrade_signal: Some(SignalKind::hangup()),
             stop_signals: vec![SignalKind::terminate(), SignalKind::interrupt()],
             control_socket: None,
+            explicit_ready: false,
         }
     }
 }
 
 impl Builder {
-    /// The defaults: SIGHUP upgrades, SIGTERM and SIGINT stop gracefully, and the defaults of
+    /// The defaults: SIGHUP upgrades, SIGTERM and SIGINT stop gracefully, a 5 s probation,
+    /// listeners report readiness when first polled, and the defaults of
     /// [`graceful_core::Builder`].
     pub fn new() -> Builder {
         Builder::default()
@@ -102,6 +117,29 @@ impl Builder {
     /// See [`graceful_core::Builder::max_generations`].
     pub fn max_generations(mut self, max: usize) -> Self {
         self.core = self.core.max_generations(max);
+        self
+    }
+
+    /// How long a replaced generation keeps its listeners, paused, and takes the service back
+    /// if its successor dies: it accepts again, rewrites the PID file and is the service's
+    /// main pid again. Default: 5 s, long enough to catch a new build that crashes on its
+    /// first requests or at its first timer, short enough that frequent deploys do not pile
+    /// up processes (a newer upgrade ends the window early, and so does a stop).
+    /// `Duration::ZERO` turns it off. See [`graceful_core::Builder::probation`].
+    ///
+    /// The cost: a replaced process lives at least this long, with its memory. What it buys:
+    /// a successor that dies after reporting ready refuses no connection.
+    pub fn probation(mut self, window: Duration) -> Self {
+        self.core = self.core.probation(window);
+        self
+    }
+
+    /// Listeners wait until the application calls [`ready`](crate::ready) (default: a
+    /// listener first polled before `ready()` reports readiness itself, so that
+    /// `axum::serve(graceful::listen(..).await?, app)` upgrades as written). For servers that
+    /// warm up after their accept loop has started.
+    pub fn explicit_ready(mut self) -> Self {
+        self.explicit_ready = true;
         self
     }
 
@@ -174,7 +212,7 @@ impl Builder {
             .map(|&kind| signal(kind).map_err(|e| Error::io("installing a stop signal handler", e)))
             .collect::<Result<Vec<_>>>()?;
 
-        let graceful = Graceful::new(self.core.build()?);
+        let graceful = Graceful::new(self.core.build()?, self.explicit_ready);
         if let Some(path) = &self.control_socket {
             crate::control::serve(&graceful, path)?;
         }
@@ -212,33 +250,85 @@ pub struct Graceful {
 
 struct Inner {
     upgrader: Upgrader,
-    /// Cancelled when this process should wind down: replaced, or stopping.
-    shutdown: CancellationToken,
+    /// Cancelled when this process should wind down: replaced, or stopping. Replaced by a
+    /// fresh token after a rollback.
+    shutdown: Mutex<CancellationToken>,
+    gate: Gate,
+    explicit_ready: bool,
     /// Cancelled when the drain should end now: too many generations, or a second stop signal.
     finish: CancellationToken,
     stopping: AtomicBool,
+    /// Set when the previous generation took the service back: it serves on, so this one
+    /// does not wait for it to exit before its own exit.
+    taken_back: AtomicBool,
     tracker: TaskTracker,
 }
 
 impl Graceful {
-    fn new(upgrader: Upgrader) -> Graceful {
-        let inner = Inner {
+    fn new(upgrader: Upgrader, explicit_ready: bool) -> Graceful {
+        let inner = Arc::new(Inner {
             upgrader,
-            shutdown: CancellationToken::new(),
+            shutdown: Mutex::new(CancellationToken::new()),
+            gate: Gate::new(),
+            explicit_ready,
             finish: CancellationToken::new(),
             stopping: AtomicBool::new(false),
+            taken_back: AtomicBool::new(false),
             tracker: TaskTracker::new(),
-        };
-        let shutdown = inner.shutdown.clone();
-        inner.upgrader.replaced().on_set(move || shutdown.cancel());
+        });
         let finish = inner.finish.clone();
         inner
             .upgrader
             .finish_requested()
             .on_set(move || finish.cancel());
-        Graceful {
-            inner: Arc::new(inner),
+        // Weak: the upgrader must not keep the handle that owns it alive.
+        let weak = Arc::downgrade(&inner);
+        inner.upgrader.on_transition(move |transition| {
+            if let Some(inner) = weak.upgrade() {
+                Graceful { inner }.on_transition(transition);
+            }
+        });
+        let weak = Arc::downgrade(&inner);
+        inner.upgrader.set_resume_check(move || {
+            weak.upgrade().is_some_and(|inner| {
+                !inner.stopping.load(Ordering::SeqCst) && inner.gate.listeners() > 0
+            })
+        });
+        Graceful { inner }
+    }
+
+    fn on_transition(&self, transition: &Transition) {
+        match transition {
+            Transition::Replaced { .. } => {
+                self.inner.gate.set(Accepting::Paused);
+                self.shutdown_token().cancel();
+            }
+            Transition::Retired { .. } => {
+                self.inner.gate.set(Accepting::Closed);
+                self.shutdown_token().cancel();
+            }
+            Transition::RolledBack { .. } => {
+                *self
+                    .inner
+                    .shutdown
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = CancellationToken::new();
+                self.inner.gate.set(Accepting::Open);
+            }
+            Transition::StopRequested { .. } => {
+                self.inner.taken_back.store(true, Ordering::SeqCst);
+                self.stop();
+            }
+            _ => {}
         }
+    }
+
+    fn shutdown_token(&self) -> CancellationToken {
+        self.inner
+            .shutdown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The installed handle, installing one with the defaults if there is none yet.
@@ -338,22 +428,42 @@ impl Graceful {
     }
 
     fn wrap<L: crate::listener::Accept>(&self, listener: L) -> Listener<L> {
+        let report_ready = (!self.inner.explicit_ready).then(|| {
+            let graceful = self.clone();
+            Arc::new(move || graceful.ready()) as ReportReady
+        });
         Listener::new(
             listener,
-            self.inner.shutdown.clone().cancelled_owned(),
+            self.inner.gate.watch(true),
+            report_ready,
             self.inner.tracker.clone(),
         )
     }
 
-    /// Reports that this process serves: writes the PID file and lets the previous generation
-    /// stop accepting. Call it once listeners are created and the server is warmed up. A second
-    /// call does nothing.
+    /// A listener for the control socket: it follows the gate like the application's, but
+    /// never reports readiness and does not count as one that can serve after a rollback.
+    pub(crate) fn wrap_control(&self, listener: tokio::net::UnixListener) -> UnixListener {
+        Listener::new(
+            listener,
+            self.inner.gate.watch(false),
+            None,
+            self.inner.tracker.clone(),
+        )
+    }
+
+    /// Reports that this process serves: writes the PID file, lets the previous generation
+    /// stop accepting, and opens this generation's listeners, which accept nothing before. Call
+    /// it once listeners are created and the server is warmed up, or let the first listener
+    /// polled call it (see [`Builder::explicit_ready`]). A second call does nothing.
     ///
     /// # Errors
     ///
-    /// As [`Upgrader::ready`].
+    /// As [`Upgrader::ready`]. The listeners then stay closed, so nothing accepted is dropped
+    /// when the process exits with the error; the previous generation keeps serving.
     pub fn ready(&self) -> Result<()> {
-        self.inner.upgrader.ready()
+        self.inner.upgrader.ready()?;
+        self.inner.gate.open_if_not_ready();
+        Ok(())
     }
 
     /// Completes when this process should wind down: a new generation is ready and serving, or
@@ -363,41 +473,59 @@ impl Graceful {
     /// Cancel safe, and cheap enough to call once per connection, in `tokio::select!` branches.
     pub fn upgrade_requested(&self) -> UpgradeRequested {
         UpgradeRequested {
-            inner: Some(self.inner.shutdown.clone().cancelled_owned()),
+            inner: Some(self.shutdown_token().cancelled_owned()),
         }
     }
 
-    /// Whether [`upgrade_requested`](Self::upgrade_requested) has completed.
+    /// Whether [`upgrade_requested`](Self::upgrade_requested) has completed (and no rollback
+    /// has happened since).
     pub fn is_upgrade_requested(&self) -> bool {
-        self.inner.shutdown.is_cancelled()
+        self.inner
+            .shutdown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_cancelled()
     }
 
     /// Starts the next generation now and waits until it is ready; returns its pid. What the
     /// upgrade signal does, for servers that trigger upgrades themselves.
     ///
     /// Cancel safe in the sense that dropping the future does not stop the upgrade, which runs
-    /// to its end on a blocking thread.
+    /// to its end on a thread of its own. That thread is not the runtime's: shutting the
+    /// runtime down never waits for an upgrade (a stop cancels it anyway).
     ///
     /// # Errors
     ///
     /// As [`Upgrader::upgrade`].
     pub async fn upgrade(&self) -> Result<u32> {
         let upgrader = self.inner.upgrader.clone();
-        tokio::task::spawn_blocking(move || upgrader.upgrade())
-            .await
-            .map_err(|e| Error::io("the upgrade task failed", io::Error::other(e)))?
+        run_blocking("graceful-upgrade", move || upgrader.upgrade()).await
+    }
+
+    /// Asks the previous generation, on probation, to take the service back; returns its pid.
+    /// This process then stops gracefully. The control socket's `rollback` request.
+    ///
+    /// # Errors
+    ///
+    /// As [`Upgrader::rollback`].
+    pub async fn rollback(&self, timeout: Duration) -> Result<u32> {
+        let upgrader = self.inner.upgrader.clone();
+        run_blocking("graceful-rollback", move || upgrader.rollback(timeout)).await
     }
 
     /// Stops gracefully without a successor: listeners end and `upgrade_requested()` completes.
-    /// What the stop signals do. The PID file is removed if it names this process, and the
-    /// service manager is told (see [`Upgrader::stopping`]).
+    /// What the stop signals do. An upgrade in flight is cancelled (the new process and what
+    /// it started are killed), and a probation ends without a rollback. The PID file is
+    /// removed if it names this process, and the service manager is told (see
+    /// [`Upgrader::stopping`]).
     pub fn stop(&self) {
         if self.inner.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
         tracing::info!(pid = std::process::id(), "stopping gracefully");
         self.inner.upgrader.stopping();
-        self.inner.shutdown.cancel();
+        self.inner.gate.set(Accepting::Closed);
+        self.shutdown_token().cancel();
         if let Err(err) = self.inner.upgrader.remove_pid_file() {
             tracing::warn!(%err, "cannot remove the PID file");
         }
@@ -436,7 +564,7 @@ impl Graceful {
             () = self.inner.finish.cancelled() => DrainOutcome::CutShort,
             () = tokio::time::sleep_until(deadline) => DrainOutcome::Deadline,
         };
-        if outcome == DrainOutcome::Drained {
+        if outcome == DrainOutcome::Drained && !self.inner.taken_back.load(Ordering::SeqCst) {
             self.outlive_parent(deadline).await;
         }
         let report = DrainReport {
@@ -489,7 +617,7 @@ impl Graceful {
     }
 
     fn on_upgrade_signal(&self) {
-        if self.inner.shutdown.is_cancelled() {
+        if self.is_upgrade_requested() {
             tracing::info!("upgrade signal ignored: this process is already replaced or stopping");
             return;
         }
@@ -501,7 +629,8 @@ impl Graceful {
                 Err(
                     err @ (Error::UpgradeInProgress { .. }
                     | Error::NotReady { .. }
-                    | Error::AlreadyReplaced { .. }),
+                    | Error::AlreadyReplaced { .. }
+                    | Error::Stopping { .. }),
                 ) => tracing::warn!(%err, "upgrade signal ignored"),
                 // The upgrader has logged the failure; the server keeps serving.
                 Err(_) => {}
@@ -523,7 +652,7 @@ impl fmt::Debug for Graceful {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Graceful")
             .field("upgrader", &self.inner.upgrader)
-            .field("upgrade_requested", &self.inner.shutdown.is_cancelled())
+            .field("upgrade_requested", &self.is_upgrade_requested())
             .field("connections", &self.inner.tracker.len())
             .finish()
     }
@@ -615,6 +744,26 @@ impl fmt::Display for DrainReport {
             self.abandoned
         )
     }
+}
+
+/// Runs `work` on a thread of its own and awaits its result.
+async fn run_blocking<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| Error::io("starting a thread", e))?;
+    rx.await.map_err(|_| {
+        Error::io(
+            "the thread ended without an answer",
+            io::Error::other(name.to_owned()),
+        )
+    })?
 }
 
 /// The installed handle for the free functions; logs the error once if graceful cannot start.

@@ -56,6 +56,7 @@
 #[cfg(feature = "axum")]
 mod axum;
 pub mod control;
+mod gate;
 mod handle;
 mod listener;
 mod tracked;

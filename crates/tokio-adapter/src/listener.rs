@@ -1,11 +1,15 @@
-//! A listener that stops accepting the moment this process is replaced or asked to stop.
+//! A listener that accepts only while this generation serves.
 //!
 //! Invariants:
-//! - Once the stop token is cancelled, nothing more is accepted: connections still in the
-//!   kernel backlog stay there for the new generation, which holds the same socket. Nothing is
-//!   accepted and then dropped.
-//! - The stop is checked before every accept, and its waker is registered whenever accept is
-//!   pending, so the stream ends as soon as the token is cancelled, not at the next connection.
+//! - The gate (`gate.rs`) is checked before every accept: nothing is accepted before this
+//!   generation is ready, nor once a successor serves. Connections in the kernel backlog stay
+//!   there for whichever generation serves, which holds the same socket. Nothing is accepted
+//!   and then dropped.
+//! - The gate's waker is registered whenever accept is pending, so a pause, a resume (after a
+//!   rollback) or the end takes effect at once, not at the next connection.
+//! - Unless the application asked for explicit readiness, the first time a listener is polled
+//!   before this generation is ready, it reports readiness itself: a server that never calls
+//!   `ready()` (`axum::serve(graceful::listen(..))`) still upgrades.
 //! - Accept errors never end the stream: per-connection errors are skipped; running out of
 //!   descriptors or memory is logged and retried after a pause, as axum and hyper-util do.
 
@@ -16,11 +20,17 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures::Stream;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use graceful_core::Result;
 use tokio_util::task::TaskTracker;
 
+use crate::gate::{Accepting, GateWatch};
 use crate::tracked::{ConnectionGuard, TrackedStream};
+
+/// Reports this generation ready; what a listener calls when it is first polled.
+pub(crate) type ReportReady = Arc<dyn Fn() -> Result<()> + Send + Sync>;
 
 /// How long to wait before accepting again after running out of descriptors or memory.
 const RESOURCE_BACKOFF: Duration = Duration::from_secs(1);
@@ -75,6 +85,11 @@ impl Accept for tokio::net::UnixListener {
 /// A stream of accepted, [tracked](TrackedStream) connections that ends when this process has
 /// been replaced by a new generation or asked to stop.
 ///
+/// It accepts only while this generation serves: not before it is ready (the first poll
+/// reports it ready, unless [`Builder::explicit_ready`](crate::Builder::explicit_ready) was
+/// set or [`wait_for_ready`](Self::wait_for_ready) called), and not while a successor is on
+/// probation, when it pauses instead of ending so that it can resume after a rollback.
+///
 /// Created by [`listen`](crate::listen) and [`listen_unix`](crate::listen_unix).
 ///
 /// ```no_run
@@ -97,8 +112,9 @@ impl Accept for tokio::net::UnixListener {
 #[must_use = "streams do nothing unless polled"]
 pub struct Listener<L> {
     inner: L,
-    // Boxed once per listener so that the listener is `Unpin` and `StreamExt::next` just works.
-    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    gate: GateWatch,
+    /// `None` when the application reports readiness itself.
+    report_ready: Option<ReportReady>,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
     tracker: TaskTracker,
     stopped: bool,
@@ -116,16 +132,26 @@ pub type UnixListener = Listener<tokio::net::UnixListener>;
 impl<L: Accept> Listener<L> {
     pub(crate) fn new(
         inner: L,
-        stop: WaitForCancellationFutureOwned,
+        gate: GateWatch,
+        report_ready: Option<ReportReady>,
         tracker: TaskTracker,
     ) -> Listener<L> {
         Listener {
             inner,
-            stop: Box::pin(stop),
+            gate,
+            report_ready,
             backoff: None,
             tracker,
             stopped: false,
         }
+    }
+
+    /// Makes this listener wait until the application calls [`ready`](crate::ready), instead
+    /// of reporting readiness itself when it is first polled: for servers that warm up while
+    /// their accept loop already runs.
+    pub fn wait_for_ready(mut self) -> Self {
+        self.report_ready = None;
+        self
     }
 
     /// Accepts the next connection with its peer's address; `None` once this process has been
@@ -158,9 +184,32 @@ impl<L: Accept> Listener<L> {
 
     fn poll_accept_tracked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Accepted<L>>> {
         loop {
-            if self.stopped || self.stop.as_mut().poll(cx).is_ready() {
-                self.stopped = true;
+            if self.stopped {
                 return Poll::Ready(None);
+            }
+            match self.gate.poll_state(cx) {
+                Accepting::Open => {}
+                Accepting::Paused => return Poll::Pending,
+                Accepting::Closed => {
+                    self.stopped = true;
+                    return Poll::Ready(None);
+                }
+                Accepting::NotReady => match &self.report_ready {
+                    None => return Poll::Pending,
+                    Some(report_ready) => {
+                        if let Err(err) = report_ready() {
+                            tracing::error!(
+                                %err,
+                                "this generation cannot report ready, so it accepts nothing; \
+                                 the previous generation, if any, keeps serving"
+                            );
+                            self.stopped = true;
+                            return Poll::Ready(None);
+                        }
+                        // Readiness opened the gate; the next turn sees it.
+                        continue;
+                    }
+                },
             }
             if let Some(backoff) = &mut self.backoff {
                 ready!(backoff.as_mut().poll(cx));

@@ -6,12 +6,14 @@
 //! ```
 //!
 //! `GET /` answers `hello from <pid>`. `kill -HUP` upgrades it, SIGTERM stops it.
-//! `testing-axum-never-ready` is the same server with a bug: it never calls `graceful::ready()`.
+//! `testing-axum-never-ready` is the same server with a bug: it asks for explicit readiness and
+//! never calls `graceful::ready()`. `testing-axum-plain` serves it with the plain-axum line of
+//! the README (`axum::serve(..).with_graceful_shutdown(graceful::upgrade_requested())`).
 
 use axum::Router;
 use axum::routing::get;
 
-/// The application, shared by both binaries.
+/// The application, shared by the binaries.
 pub fn app() -> Router {
     Router::new().route(
         "/",

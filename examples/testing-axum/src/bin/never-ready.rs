@@ -1,6 +1,6 @@
-//! The server with a bug: it serves on graceful's listener with plain `axum::serve` and never
-//! calls `graceful::ready()`. Clients are answered, but an upgrade would wait for it in vain,
-//! and the harness reports a readiness timeout.
+//! The server with a bug: it asks for explicit readiness (`Builder::explicit_ready`), then never
+//! calls `graceful::ready()`. Its listener accepts nothing, an upgrade would wait for it in
+//! vain, and the harness reports a readiness timeout.
 
 use std::process::ExitCode;
 
@@ -15,6 +15,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(err) = graceful::Builder::new().explicit_ready().install() {
+        eprintln!("testing-axum-never-ready: {err}");
+        return ExitCode::FAILURE;
+    }
     let listener = match graceful::listen(addr.as_str()).await {
         Ok(listener) => listener,
         Err(err) => {
