@@ -254,7 +254,9 @@ async fn an_http2_client_gets_goaway_and_its_next_connection_reaches_the_new_pro
 
 #[tokio::test]
 async fn a_websocket_is_closed_at_a_message_boundary_and_holds_the_old_process_until_then() {
-    let server = Server::start(SERVER, &[]).await;
+    // Without a probation, the drain begins as the WebSocket is told to close, so it is seen
+    // open; with one, the drain would begin only once the probation is over.
+    let server = Server::start(SERVER, &["--probation", "0s"]).await;
     let url = format!("ws://{}/ws", server.addr());
     let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     let old = server.pid();

@@ -203,6 +203,21 @@ pub(crate) fn unix_path_addr(path: &Path) -> io::Result<UnixAddr> {
 }
 
 /// A connected pair of close-on-exec Unix stream sockets.
+/// The pid of the process that created the other end of a Unix socket (for a socketpair, the
+/// process that called `socketpair`), as the kernel recorded it then: still right after that
+/// process has exited.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn peer_pid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let creds = cvt(socket::getsockopt(&fd, socket::sockopt::PeerCredentials))?;
+    u32::try_from(creds.pid()).map_err(|_| io::Error::other("the peer has no pid"))
+}
+
+/// Elsewhere, the parent process's pid, read now: a new generation's parent.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn peer_pid(_: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(nix::unistd::getppid().as_raw() as u32)
+}
+
 /// Shuts a socket down both ways: a reader blocked on it, in any process, sees end of file.
 pub(crate) fn shutdown(fd: BorrowedFd<'_>) -> io::Result<()> {
     cvt(socket::shutdown(fd.as_raw_fd(), socket::Shutdown::Both))

@@ -221,9 +221,13 @@ impl Builder {
             .map(|l| sys::dup_cloexec(std::os::fd::AsFd::as_fd(l)))
             .transpose()
             .map_err(|e| Error::io("duplicating the parent link", e))?;
+        // The link's creator, as the kernel recorded it: getppid() would name a subreaper if
+        // the parent had exited already.
         let parent_pid = link
             .as_ref()
-            .map(|_| nix::unistd::getppid().as_raw() as u32);
+            .map(|l| sys::peer_pid(l.as_fd()))
+            .transpose()
+            .map_err(|e| Error::io("reading the parent's pid from the link", e))?;
 
         let inner = Arc::new(Inner {
             pid,
@@ -724,6 +728,8 @@ impl Upgrader {
         let probation = inner.config.probation;
         *state = State::Probation { successor: child };
         drop(state);
+        // Stop accepting first: whoever learns of the upgrade next finds the new one serving.
+        inner.emit(&Transition::Replaced { successor: child });
         // Before anything lets this process stop accepting or exit: the manager must know the
         // new main pid first, or it takes this process's exit for the service's end.
         inner.notifier.send(&format!(
@@ -736,7 +742,6 @@ impl Upgrader {
         });
         inner.lineage().descendants = 1;
         inner.report_descendants();
-        inner.emit(&Transition::Replaced { successor: child });
         if probation.is_zero() {
             inner.retire(child, "there is no probation");
         } else {
