@@ -45,6 +45,13 @@
 //! main pid (see [`Upgrader::upgrade`]). A failed upgrade is logged with its reason and the
 //! server keeps serving as if nothing happened.
 //!
+//! A replaced generation stays on probation for 5 s ([`Builder::probation`]): its listeners
+//! pause instead of ending, and if the new generation dies within that window, this one takes
+//! the service back and accepts again. A stop during an upgrade cancels it: the new process and
+//! its process group are killed. Listeners accept nothing before the process is ready; the first
+//! one polled reports readiness itself unless [`Builder::explicit_ready`] asks the application
+//! to call [`ready`].
+//!
 //! Misuse is harmless: a second `listen` on the same address is an
 //! [`Error::AlreadyRegistered`]; a second `ready` does nothing; an upgrade signal before `ready`
 //! is logged and ignored.
