@@ -414,3 +414,65 @@ fn a_huge_listen_fds_names_the_first_missing_fd_and_closes_nothing() {
         );
     }
 }
+
+/// A loopback round trip through the runtime's reactor, bounded.
+fn round_trip(rt: &tokio::runtime::Runtime) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    rt.block_on(async {
+        tokio::time::timeout(support::STEP, async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            server.write_all(b"ping").await.unwrap();
+            let mut reply = [0u8; 4];
+            client.read_exact(&mut reply).await.unwrap();
+            assert_eq!(&reply, b"ping");
+        })
+        .await
+        .expect("a loopback round trip through the runtime's reactor within STEP");
+    });
+}
+
+/// The case from the field: a runtime started before the upgrader has its epoll descriptor at
+/// fd 3, and a leaked `LISTEN_FDS=1` announces fd 3. The build is refused, and the runtime,
+/// whose descriptor was neither adopted nor closed, keeps working even for a server that
+/// would carry on to `ready()`.
+#[test]
+fn a_runtime_started_before_the_upgrader_keeps_its_descriptors() {
+    let setup = Setup {
+        env: vars(&[("LISTEN_FDS", "1".into())]),
+        listen_pid_self: true,
+        ..Setup::default()
+    };
+    if scenario(
+        "a_runtime_started_before_the_upgrader_keeps_its_descriptors",
+        setup,
+    )
+    .is_none()
+    {
+        return;
+    }
+    assert!(!is_open(3), "fd 3 is taken before the runtime starts");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(is_cloexec(3), "the runtime opened fd 3, close-on-exec");
+    round_trip(&rt);
+
+    let built = Upgrader::new();
+    if let Ok(upgrader) = &built {
+        // What a server does next: it closes the inherited descriptors it did not ask for.
+        upgrader.ready().unwrap();
+    }
+    round_trip(&rt);
+    let err = built.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "LISTEN_FDS=1 announces fd 3, but fd 3 is close-on-exec: this process opened it \
+         itself, it was not inherited"
+    );
+    assert!(is_cloexec(3), "fd 3 lost its FD_CLOEXEC flag");
+}
