@@ -21,10 +21,19 @@
 //!   right after fork), the classic race-free pair: the group exists before the parent waits
 //!   or kills, and before the child execs. A ready generation moves back into its parent's
 //!   group (`GRACEFUL_PGID`, see `Upgrader::ready`), so Ctrl-C, `tini -g` and a supervisor's
-//!   `killpg` reach the service again. Until then, signals sent to the parent's group miss it,
-//!   and it is a background group for a terminal. A descendant that calls `setsid` (or
-//!   `setpgid`) leaves the group and escapes the kill; a service manager's cgroup (systemd's
-//!   `KillMode=control-group`) covers that.
+//!   `killpg` reach the service again.
+//!
+//!   Why at `ready()` and not as soon as the upgrader is built: until it is ready, everything
+//!   the new generation starts must go with it if it fails, including workers it forks without
+//!   exec, which keep the listening sockets. The price: until then, signals sent to the
+//!   parent's group miss it (it is a background group for a terminal), and if the parent is
+//!   killed that way during an upgrade, the new generation sees its parent exit, carries on,
+//!   and once ready serves outside the group (the group it would join has gone). A supervisor
+//!   that stops a service by killing its group should also kill the group of an upgrade in
+//!   flight (the new pid), or use a cgroup.
+//!
+//!   A descendant that calls `setsid` (or `setpgid`) leaves the group and escapes the kill; a
+//!   service manager's cgroup (systemd's `KillMode=control-group`) covers that.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;

@@ -501,7 +501,10 @@ impl Upgrader {
     /// A generation started by an upgrade ran in a process group of its own until now, so that
     /// a failed start could be killed with everything it started; here it moves back into its
     /// parent's group (`GRACEFUL_PGID`), where a terminal's Ctrl-C, `tini -g` or a supervisor's
-    /// `killpg` reach it. If that fails it stays where it is (logged at debug level).
+    /// `killpg` reach it. If that fails it stays where it is (logged at debug level). The move
+    /// waits for readiness so that, until then, whatever the new generation starts (workers it
+    /// forks without exec included, which keep the listening sockets) is killed with it if it
+    /// fails; the price is that signals sent to the parent's group miss it until this call.
     ///
     /// Calling it again once it succeeded does nothing.
     ///
