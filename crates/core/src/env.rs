@@ -13,9 +13,37 @@
 //!   after the `LISTEN_FDS` range. The child writes `ready` on it; each side sees end of file
 //!   when the other exits.
 //! - `GRACEFUL_GENERATION`: 1 for a process started by hand, 2 for its first successor, …
+//! - `GRACEFUL_PGID`: the process group the new generation moves into once it is ready (its
+//!   parent's); it runs in a group of its own until then (see `spawn.rs`).
+//!
+//! # Taking the descriptors
+//!
+//! An environment can lie: `LISTEN_FDS` may announce descriptors that were never passed, for
+//! instance when a variable leaks into a process started another way. If anything opened
+//! descriptors before the upgrader was built (a runtime's epoll, eventfd and signal
+//! descriptors land at 3, 4, …), trusting the announcement would adopt them, close them as
+//! unclaimed at `ready()`, and the runtime would then fail with EBADF. So:
+//!
+//! - A descriptor that survived exec cannot be close-on-exec (exec closed every such one),
+//!   while std and the runtimes open theirs close-on-exec. An announced descriptor that is
+//!   close-on-exec was opened by this process: it is refused ([`Error::NotInherited`]) and
+//!   left alone, not adopted, closed or re-flagged.
+//! - Every announced descriptor is checked (open, not close-on-exec, the link a socket) before
+//!   any of them is owned; only then are they all marked close-on-exec and owned. A bad
+//!   announcement therefore closes nothing.
+//! - The environment is read and its descriptors taken once per process ([`take_once`]). A
+//!   failure is remembered and returned again to every later build, never retried: a retry
+//!   could claim numbers that have been reused by then.
+//!
+//! Building the upgrader first thing in `main` is still the best defence: then nothing else
+//! can sit at the announced numbers, and nothing spawned can inherit them by accident.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Mutex, PoisonError};
+
+use nix::fcntl::FdFlag;
 
 use crate::error::{Error, Result};
 use crate::spawn::FIRST_FD;
@@ -26,9 +54,17 @@ pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub(crate) const LINK_FD: &str = "GRACEFUL_LINK_FD";
 pub(crate) const GENERATION: &str = "GRACEFUL_GENERATION";
+pub(crate) const PGID: &str = "GRACEFUL_PGID";
 
 /// Every variable of the protocol; a new generation gets fresh values for all of them.
-pub(crate) const ALL: [&str; 5] = [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES, LINK_FD, GENERATION];
+pub(crate) const ALL: [&str; 6] = [
+    LISTEN_PID,
+    LISTEN_FDS,
+    LISTEN_FDNAMES,
+    LINK_FD,
+    GENERATION,
+    PGID,
+];
 
 /// The name systemd gives a descriptor when none was set.
 const UNKNOWN: &str = "unknown";
@@ -39,6 +75,8 @@ pub(crate) struct Announced {
     pub(crate) names: Vec<String>,
     pub(crate) link_fd: Option<RawFd>,
     pub(crate) generation: u64,
+    /// The process group to join once ready.
+    pub(crate) pgid: Option<i32>,
 }
 
 /// Descriptors taken over from the environment, owned by this process from now on.
@@ -48,6 +86,7 @@ pub(crate) struct Inherited {
     pub(crate) fds: Vec<(String, OwnedFd)>,
     pub(crate) link: Option<OwnedFd>,
     pub(crate) generation: u64,
+    pub(crate) pgid: Option<i32>,
 }
 
 /// Reads the protocol's variables for process `pid`.
@@ -127,54 +166,170 @@ pub(crate) fn announced(
         Some(value) => parse(GENERATION, &value, "is not a generation number")?,
     };
 
+    let pgid = match text(&var, PGID)? {
+        None => None,
+        Some(value) => Some(
+            parse::<i32>(PGID, &value, "is not a process group id").and_then(|pgid| {
+                (pgid > 0)
+                    .then_some(pgid)
+                    .ok_or_else(|| bad(PGID, &value, "is not a process group id"))
+            })?,
+        ),
+    };
+
     Ok(Some(Announced {
         names,
         link_fd,
         generation,
+        pgid,
     }))
+}
+
+/// What became of this process's inheritance environment.
+enum Once {
+    /// Not read yet.
+    Unread,
+    /// Read, and its descriptors (if any) handed to the upgrader being built.
+    Taken,
+    /// Reading it, taking its descriptors or building the upgrader with them failed.
+    Failed(Error),
+}
+
+static ONCE: Mutex<Once> = Mutex::new(Once::Unread);
+
+/// Reads this process's inheritance environment and takes the descriptors it announces, once
+/// per process (see the module docs). A later call gets the first one's error again, or, if
+/// the first succeeded, an error saying so.
+pub(crate) fn take_once(pid: u32) -> Result<Option<Inherited>> {
+    let mut once = ONCE.lock().unwrap_or_else(PoisonError::into_inner);
+    match &*once {
+        Once::Unread => {}
+        Once::Taken => {
+            return Err(Error::io(
+                "taking the inherited descriptors",
+                io::Error::other(format!(
+                    "they were taken already by an earlier Upgrader build in this process                      (pid {pid})"
+                )),
+            ));
+        }
+        Once::Failed(err) => return Err(replay(err)),
+    }
+    let result = announced(|key| std::env::var_os(key), pid)
+        .and_then(|announced| announced.map(take).transpose());
+    *once = match &result {
+        Ok(_) => Once::Taken,
+        Err(err) => Once::Failed(replay(err)),
+    };
+    result
+}
+
+/// Remembers that building the upgrader failed after [`take_once`] succeeded: the descriptors
+/// have gone with the failed build, so later builds get this error rather than a fresh take.
+/// Does nothing if nothing was taken yet, or a failure is remembered already.
+pub(crate) fn build_failed(err: &Error) {
+    let mut once = ONCE.lock().unwrap_or_else(PoisonError::into_inner);
+    if matches!(*once, Once::Taken) {
+        *once = Once::Failed(replay(err));
+    }
+}
+
+/// The same error once more (io errors keep their kind and message).
+fn replay(err: &Error) -> Error {
+    match err {
+        Error::Environment {
+            var,
+            value,
+            problem,
+        } => Error::Environment {
+            var,
+            value: value.clone(),
+            problem: problem.clone(),
+        },
+        Error::InheritedFdMissing { var, fd } => Error::InheritedFdMissing { var, fd: *fd },
+        Error::NotInherited { var, value, fd } => Error::NotInherited {
+            var,
+            value: value.clone(),
+            fd: *fd,
+        },
+        Error::Io { context, source } => Error::Io {
+            context,
+            source: io::Error::new(source.kind(), source.to_string()),
+        },
+        other => Error::io(
+            "building the Upgrader failed earlier in this process",
+            io::Error::other(other.to_string()),
+        ),
+    }
 }
 
 /// Takes ownership of the announced descriptors, marking each close-on-exec so that nothing
 /// this process spawns inherits them by accident.
+///
+/// Every one is checked before any is owned, so that an error leaves every descriptor as it
+/// was: none is closed or flagged.
 pub(crate) fn take(announced: Announced) -> Result<Inherited> {
-    let mut fds = Vec::with_capacity(announced.names.len());
-    for (fd, name) in (FIRST_FD..).zip(announced.names) {
-        fds.push((name, own_announced(LISTEN_FDS, fd)?));
+    let count = announced.names.len();
+    let listed = FIRST_FD..FIRST_FD + count as RawFd;
+    let count_text = count.to_string();
+    for fd in listed.clone() {
+        check_inherited(LISTEN_FDS, &count_text, fd)?;
     }
-    let link = match announced.link_fd {
-        Some(fd) => {
-            let link = own_announced(LINK_FD, fd)?;
-            match sys::describe(link.as_fd()) {
-                Ok(sys::FdKind::Socket(_)) => {}
-                Ok(found) => {
-                    return Err(Error::Environment {
-                        var: LINK_FD,
-                        value: fd.to_string(),
-                        problem: format!("names fd {fd}, which is {found}, not a socket"),
-                    });
-                }
-                Err(source) => return Err(Error::io("inspecting GRACEFUL_LINK_FD", source)),
+    if let Some(fd) = announced.link_fd {
+        check_inherited(LINK_FD, &fd.to_string(), fd)?;
+        // SAFETY: fd is open (checked above); it is only borrowed to inspect it.
+        let link = unsafe { BorrowedFd::borrow_raw(fd) };
+        match sys::describe(link) {
+            Ok(sys::FdKind::Socket(_)) => {}
+            Ok(found) => {
+                return Err(Error::Environment {
+                    var: LINK_FD,
+                    value: fd.to_string(),
+                    problem: format!("names fd {fd}, which is {found}, not a socket"),
+                });
             }
-            Some(link)
+            Err(source) => return Err(Error::io("inspecting GRACEFUL_LINK_FD", source)),
         }
-        None => None,
+    }
+
+    for fd in listed.clone().chain(announced.link_fd) {
+        // SAFETY: fd is open (checked above); it is only borrowed to set its flag.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        sys::set_cloexec(borrowed).map_err(|e| Error::io("setting FD_CLOEXEC", e))?;
+    }
+    // Each fd is open, was inherited (it survived exec: FD_CLOEXEC was clear), the environment
+    // hands it to this very process (LISTEN_PID matched), and `take_once` lets nothing else in
+    // the process claim the announced numbers.
+    let own = |fd| {
+        // SAFETY: see above.
+        unsafe { sys::own(fd) }
     };
+    let fds = announced
+        .names
+        .into_iter()
+        .zip(listed)
+        .map(|(name, fd)| (name, own(fd)))
+        .collect();
+    let link = announced.link_fd.map(own);
     Ok(Inherited {
         fds,
         link,
         generation: announced.generation,
+        pgid: announced.pgid,
     })
 }
 
-fn own_announced(var: &'static str, fd: RawFd) -> Result<OwnedFd> {
-    if !sys::is_open(fd) {
-        return Err(Error::InheritedFdMissing { var, fd });
+/// Checks that `fd`, announced by `var=value`, is open and was inherited: a descriptor that
+/// survived exec has FD_CLOEXEC clear.
+fn check_inherited(var: &'static str, value: &str, fd: RawFd) -> Result<()> {
+    match sys::fd_flags(fd) {
+        None => Err(Error::InheritedFdMissing { var, fd }),
+        Some(flags) if flags.contains(FdFlag::FD_CLOEXEC) => Err(Error::NotInherited {
+            var,
+            value: value.to_owned(),
+            fd,
+        }),
+        Some(_) => Ok(()),
     }
-    // SAFETY: the environment hands this open descriptor to this very process (LISTEN_PID
-    // matched), and nothing else in the process claims descriptors announced by it.
-    let owned = unsafe { sys::own(fd) };
-    sys::set_cloexec(owned.as_fd()).map_err(|e| Error::io("setting FD_CLOEXEC", e))?;
-    Ok(owned)
 }
 
 fn text(var: &impl Fn(&str) -> Option<OsString>, name: &'static str) -> Result<Option<String>> {
@@ -243,16 +398,26 @@ mod tests {
             ("LISTEN_FDNAMES", "tcp/127.0.0.1%3A80:file/x"),
             ("GRACEFUL_LINK_FD", "5"),
             ("GRACEFUL_GENERATION", "7"),
+            ("GRACEFUL_PGID", "40"),
         ]);
         let got = announced(vars, 42).unwrap().unwrap();
         assert_eq!(got.names, ["tcp/127.0.0.1%3A80", "file/x"]);
         assert_eq!(got.link_fd, Some(5));
         assert_eq!(got.generation, 7);
+        assert_eq!(got.pgid, Some(40));
     }
 
     #[test]
     fn malformed_values_name_the_variable_and_the_value() {
-        let cases: [(&[(&str, &str)], &str); 6] = [
+        let cases: [(&[(&str, &str)], &str); 8] = [
+            (
+                &[("LISTEN_PID", "42"), ("GRACEFUL_PGID", "x")],
+                r#"GRACEFUL_PGID="x" is not a process group id"#,
+            ),
+            (
+                &[("LISTEN_PID", "42"), ("GRACEFUL_PGID", "0")],
+                r#"GRACEFUL_PGID="0" is not a process group id"#,
+            ),
             (
                 &[("LISTEN_PID", "me")],
                 r#"LISTEN_PID="me" is not a process id"#,

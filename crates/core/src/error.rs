@@ -50,6 +50,24 @@ pub enum Error {
         fd: i32,
     },
 
+    /// A descriptor announced by the environment is close-on-exec, so it did not survive an
+    /// exec: this process opened it itself (a runtime started before the upgrader opens its
+    /// epoll, eventfd and signal descriptors at 3, 4, …), and the environment is wrong.
+    ///
+    /// The descriptor is left alone: not adopted, closed or re-flagged.
+    #[error(
+        "{var}={value} announces fd {fd}, but fd {fd} is close-on-exec: this process opened it \
+         itself, it was not inherited"
+    )]
+    NotInherited {
+        /// The variable that announced the descriptor.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// The descriptor.
+        fd: i32,
+    },
+
     /// An inherited descriptor exists under the asked name but is not what was asked for.
     ///
     /// It is never adopted: using it could mean serving on the wrong socket.

@@ -161,8 +161,13 @@ impl Handover {
         self
     }
 
-    /// Starts the process in a new process group, which every later generation joins, so
-    /// that they can all be signalled at once (`killpg` with the returned pid).
+    /// Keeps the process in the new process group it starts in, which every later generation
+    /// joins once ready, so that they can all be signalled at once (`killpg` with the returned
+    /// pid).
+    ///
+    /// Without it, the process starts in a group of its own too (so that a failed start is
+    /// killed with everything it started, see [`Started::wait_ready`]), and moves into this
+    /// process's group once it is ready, as a generation started by an upgrade does.
     pub fn process_group(mut self) -> Self {
         self.process_group = true;
         self
@@ -210,6 +215,9 @@ impl Handover {
             ]
             .map(|(k, v)| (k.into(), v.into())),
         );
+        if !self.process_group {
+            vars.push((env::PGID.into(), sys::process_group().to_string().into()));
+        }
         let mut args = vec![self.executable.clone().into_os_string()];
         args.extend(self.args);
         let pid = spawn::spawn_with(
@@ -223,7 +231,6 @@ impl Handover {
             },
             spawn::Setup {
                 stdio: [0, 1, 2].map(|i| self.stdio[i].as_ref().map(AsRawFd::as_raw_fd)),
-                process_group: self.process_group,
             },
             EXEC_TIMEOUT,
         )?;
@@ -303,7 +310,8 @@ impl Started {
     ///
     /// [`Error::ChildExited`] if the process exited first (it has been reaped; the error has
     /// its status); [`Error::Timeout`] if it was not ready in time (it has been killed and
-    /// reaped); [`Error::Io`] if the link could not be read (killed and reaped too).
+    /// reaped); [`Error::Io`] if the link could not be read (killed and reaped too). Each
+    /// time, everything the process started in its process group has been killed as well.
     pub fn wait_ready(mut self, timeout: Duration) -> Result<u32> {
         let pid = self.pid;
         let deadline = Instant::now() + timeout;
@@ -314,14 +322,14 @@ impl Started {
                 Ok(None) => {
                     // It closed the link: it exited, or closed the descriptor, in which case
                     // it is of no use and must not linger.
-                    sys::kill_hard(pid);
+                    sys::kill_successor(pid);
                     return Err(match sys::wait_child(pid) {
                         Ok(status) => Error::ChildExited { pid, status },
                         Err(e) => Error::io("reaping the process that exited early", e),
                     });
                 }
                 Err(err) => {
-                    sys::kill_hard(pid);
+                    sys::kill_successor(pid);
                     if let Err(e) = sys::wait_child(pid) {
                         tracing::warn!(pid, %e, "cannot reap the killed process");
                     }

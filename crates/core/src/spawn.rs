@@ -14,6 +14,26 @@
 //!   Standard input, output and error are inherited, unless the caller gives replacements.
 //! - A failure before exec is reported over a close-on-exec pipe: the parent reads end of file
 //!   when exec succeeded, or the failed step and its errno when it did not.
+//! - The new process leads a process group of its own, which everything it starts shares, so
+//!   that a failed successor is killed with all it started (`sys::kill_successor`): a deploy
+//!   may install a wrapper script whose background children would otherwise keep the inherited
+//!   listening sockets forever. Both sides call `setpgid` (the child before exec, the parent
+//!   right after fork), the classic race-free pair: the group exists before the parent waits
+//!   or kills, and before the child execs. A ready generation moves back into its parent's
+//!   group (`GRACEFUL_PGID`, see `Upgrader::ready`), so Ctrl-C, `tini -g` and a supervisor's
+//!   `killpg` reach the service again.
+//!
+//!   Why at `ready()` and not as soon as the upgrader is built: until it is ready, everything
+//!   the new generation starts must go with it if it fails, including workers it forks without
+//!   exec, which keep the listening sockets. The price: until then, signals sent to the
+//!   parent's group miss it (it is a background group for a terminal), and if the parent is
+//!   killed that way during an upgrade, the new generation sees its parent exit, carries on,
+//!   and once ready serves outside the group (the group it would join has gone). A supervisor
+//!   that stops a service by killing its group should also kill the group of an upgrade in
+//!   flight (the new pid), or use a cgroup.
+//!
+//!   A descendant that calls `setsid` (or `setpgid`) leaves the group and escapes the kill; a
+//!   service manager's cgroup (systemd's `KillMode=control-group`) covers that.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -76,13 +96,11 @@ pub(crate) struct Command<'a> {
 
 /// How the new process is set up beyond its command, for a caller that starts a first
 /// generation itself (see `handover.rs`). An upgrade uses the defaults: the new generation
-/// shares the old one's standard streams and process group.
+/// shares the old one's standard streams.
 #[derive(Debug, Default)]
 pub(crate) struct Setup {
     /// Descriptors to become the child's stdin, stdout and stderr; `None` inherits ours.
     pub(crate) stdio: [Option<RawFd>; 3],
-    /// Start the child in a process group of its own, which its descendants then share.
-    pub(crate) process_group: bool,
 }
 
 /// A command turned into C data, ready to survive `fork` untouched.
@@ -100,7 +118,6 @@ struct Plan {
     scratch: Vec<RawFd>,
     /// The first descriptor number above the handed-over range.
     base: RawFd,
-    process_group: bool,
     /// The highest descriptor number to close when `close_range` is not available.
     max_fd: RawFd,
 }
@@ -168,13 +185,13 @@ impl Plan {
             moves,
             scratch,
             base,
-            process_group: setup.process_group,
             max_fd: max_fd(),
         })
     }
 }
 
-/// Starts the next generation and waits until it has exec'd.
+/// Starts the next generation, leading a process group of its own, and waits until it has
+/// exec'd.
 ///
 /// Returns the child's pid once `execve` succeeded. If a step before exec failed, the child has
 /// been reaped and the error names the step. `timeout` bounds the wait for exec.
@@ -182,7 +199,7 @@ pub(crate) fn spawn(cmd: Command<'_>, timeout: Duration) -> Result<u32> {
     spawn_with(cmd, Setup::default(), timeout)
 }
 
-/// [`spawn`], with the standard streams and the process group set up as `setup` says.
+/// [`spawn`], with the standard streams set up as `setup` says.
 pub(crate) fn spawn_with(cmd: Command<'_>, setup: Setup, timeout: Duration) -> Result<u32> {
     let executable = cmd.executable.to_owned();
     let spawn_error = |stage, source| Error::Spawn {
@@ -205,6 +222,7 @@ pub(crate) fn spawn_with(cmd: Command<'_>, setup: Setup, timeout: Duration) -> R
         return Err(spawn_error("fork", io::Error::last_os_error()));
     }
     let pid = pid as u32;
+    sys::lead_own_group(pid);
     drop(err_write);
 
     match read_exec_result(&err_read, timeout) {
@@ -223,12 +241,12 @@ pub(crate) fn spawn_with(cmd: Command<'_>, setup: Setup, timeout: Duration) -> R
             Err(spawn_error(stage, source))
         }
         Ok(ExecResult::Stuck) => {
-            sys::kill_hard(pid);
+            sys::kill_successor(pid);
             reap(pid);
             Err(Error::Timeout { pid, timeout })
         }
         Err(err) => {
-            sys::kill_hard(pid);
+            sys::kill_successor(pid);
             reap(pid);
             Err(spawn_error("reading the error pipe", err))
         }
@@ -293,7 +311,8 @@ unsafe fn exec_child(plan: &mut Plan, err: RawFd) -> ! {
         if err < 0 {
             libc::_exit(126);
         }
-        if plan.process_group && libc::setpgid(0, 0) < 0 {
+        // EACCES cannot happen before exec; EPERM only if we lead a session (we do not).
+        if libc::setpgid(0, 0) < 0 {
             fail(err, 5);
         }
         for ((source, _), slot) in plan.moves.iter().zip(plan.scratch.iter_mut()) {

@@ -13,7 +13,7 @@ use std::process::ExitStatus;
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::socket::{
     self, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage, UnixAddr,
     sockopt,
@@ -26,11 +26,13 @@ pub(crate) fn cvt<T>(result: nix::Result<T>) -> io::Result<T> {
     result.map_err(io::Error::from)
 }
 
-/// Whether `fd` is an open descriptor in this process.
-pub(crate) fn is_open(fd: RawFd) -> bool {
+/// The descriptor flags of `fd` (FD_CLOEXEC), or `None` if it is not open in this process.
+pub(crate) fn fd_flags(fd: RawFd) -> Option<FdFlag> {
     // SAFETY: F_GETFD only inspects the descriptor table; an unopened number gives EBADF.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    fcntl(borrowed, FcntlArg::F_GETFD).is_ok()
+    fcntl(borrowed, FcntlArg::F_GETFD)
+        .ok()
+        .map(FdFlag::from_bits_truncate)
 }
 
 /// Sets FD_CLOEXEC on a descriptor. This is a per-descriptor flag: unlike O_NONBLOCK it is not
@@ -279,6 +281,60 @@ pub(crate) fn kill_hard(pid: u32) {
         Ok(()) | Err(Errno::ESRCH) => {}
         Err(err) => tracing::warn!(pid, %err, "cannot kill process"),
     }
+}
+
+/// Kills a successor that failed, with everything it started: SIGKILL to its process group
+/// (every process `spawn.rs` starts leads one, which its descendants share), then to the
+/// process itself, in case it has left its group. Whatever has gone already is not an error.
+/// It does not reap: the caller waits for `pid`, its child.
+///
+/// The one place for this, for every path on which a successor must go (timeout, exit before
+/// ready, a stop during an upgrade). Not covered: a descendant that called `setsid` or
+/// `setpgid` and so left the group (a service manager's cgroup covers that, e.g. systemd's
+/// `KillMode=control-group`), and, once the successor has moved back into its parent's group
+/// at `ready()`, whatever it starts from then on (that is in the parent's group).
+pub(crate) fn kill_successor(pid: u32) {
+    kill_group(pid);
+    kill_hard(pid);
+}
+
+/// SIGKILL to process group `pgid`, for what a successor left behind. Safe after the leader
+/// has been reaped: a pid is not reused while a group of that number exists.
+pub(crate) fn kill_group(pgid: u32) {
+    // kill(0) or kill(-1) would reach far more than one successor's group.
+    let Some(raw) = i32::try_from(pgid).ok().filter(|raw| *raw > 1) else {
+        tracing::warn!(
+            pgid,
+            "not killing the process group of an impossible successor pid"
+        );
+        return;
+    };
+    match killpg(Pid::from_raw(raw), Signal::SIGKILL) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(err) => tracing::warn!(pgid, %err, "cannot kill the successor's process group"),
+    }
+}
+
+/// Makes the child `pid`, just forked, the leader of a process group of its own. The child
+/// does the same before exec; whichever runs first wins the race, so that the group exists
+/// before either side goes on. EACCES (the child has exec'd, so it did it already) and ESRCH
+/// (it has gone) are expected.
+pub(crate) fn lead_own_group(pid: u32) {
+    let pid = Pid::from_raw(pid as i32);
+    match nix::unistd::setpgid(pid, pid) {
+        Ok(()) | Err(Errno::EACCES | Errno::ESRCH) => {}
+        Err(err) => tracing::debug!(%pid, %err, "cannot put the new process in its own group"),
+    }
+}
+
+/// This process's process group.
+pub(crate) fn process_group() -> i32 {
+    nix::unistd::getpgrp().as_raw()
+}
+
+/// Moves this process into process group `pgid` of the same session.
+pub(crate) fn join_process_group(pgid: i32) -> io::Result<()> {
+    cvt(nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(pgid)))
 }
 
 /// Waits for a child process to end and reaps it.

@@ -157,13 +157,22 @@ impl Builder {
     /// Builds the process's upgrader: reads the inheritance environment and takes ownership of
     /// the descriptors it announces.
     ///
-    /// Build it early, before the process starts other programs: until then the inherited
-    /// descriptors are not yet close-on-exec.
+    /// Build it early, first thing in `main`, before a runtime starts or the process starts
+    /// other programs: until then the inherited descriptors are not yet close-on-exec, and
+    /// nothing of the process's own can sit at the announced numbers.
+    ///
+    /// An announced descriptor that this process opened itself (it is close-on-exec, so it did
+    /// not survive an exec) is never adopted, closed or re-flagged: the build fails with
+    /// [`Error::NotInherited`]. Every announced descriptor is checked before any is taken, so a
+    /// failed build leaves them all as they were. The environment is read once per process: if
+    /// the build fails from then on, every later build returns the same error and takes nothing
+    /// (a failure in the settings, checked first, may be corrected and built again).
     ///
     /// # Errors
     ///
-    /// [`Error::AlreadyCreated`] if this process has an upgrader already; [`Error::Environment`]
-    /// or [`Error::InheritedFdMissing`] if the inheritance environment is malformed;
+    /// [`Error::AlreadyCreated`] if this process has an upgrader already; [`Error::Environment`],
+    /// [`Error::InheritedFdMissing`] or [`Error::NotInherited`] if the inheritance environment
+    /// is malformed or announces descriptors that were not inherited;
     /// [`Error::InvalidConfig`] for out-of-range settings.
     pub fn build(self) -> Result<Upgrader> {
         let backlog = i32::try_from(self.listen_backlog)
@@ -192,7 +201,8 @@ impl Builder {
             return Err(Error::AlreadyCreated { pid });
         }
         let upgrader = self.build_inner(pid, backlog);
-        if upgrader.is_err() {
+        if let Err(err) = &upgrader {
+            env::build_failed(err);
             CREATED.store(false, Ordering::SeqCst);
         }
         upgrader
@@ -208,13 +218,10 @@ impl Builder {
             None => spawn::resolve_executable(cwd.as_deref())
                 .map_err(|e| Error::io("resolving this process's executable", e))?,
         };
-        let inherited = match env::announced(|key| std::env::var_os(key), pid)? {
-            Some(announced) => Some(env::take(announced)?),
-            None => None,
-        };
-        let (fds, link, generation) = match inherited {
-            Some(i) => (i.fds, i.link, i.generation),
-            None => (Vec::new(), None, 1),
+        let inherited = env::take_once(pid)?;
+        let (fds, link, generation, join_pgid) = match inherited {
+            Some(i) => (i.fds, i.link, i.generation, i.pgid),
+            None => (Vec::new(), None, 1, None),
         };
         let parent_reader = link
             .as_ref()
@@ -233,6 +240,7 @@ impl Builder {
             pid,
             parent_pid,
             generation,
+            join_pgid,
             config: Config {
                 upgrade_timeout: self.upgrade_timeout,
                 pid_file: self.pid_file,
@@ -300,6 +308,8 @@ struct Inner {
     pid: u32,
     parent_pid: Option<u32>,
     generation: u64,
+    /// The process group to move back into once ready (`GRACEFUL_PGID`, the parent's).
+    join_pgid: Option<i32>,
     config: Config,
     state: Mutex<State>,
     /// Set once by [`Upgrader::stopping`]; read and written under the `state` lock, so that a
@@ -586,6 +596,14 @@ impl Upgrader {
     /// generation sends nothing itself: its parent, still the service's main process, reports
     /// it (see [`upgrade`](Self::upgrade)).
     ///
+    /// A generation started by an upgrade ran in a process group of its own until now, so that
+    /// a failed start could be killed with everything it started; here it moves back into its
+    /// parent's group (`GRACEFUL_PGID`), where a terminal's Ctrl-C, `tini -g` or a supervisor's
+    /// `killpg` reach it. If that fails it stays where it is (logged at debug level). The move
+    /// waits for readiness so that, until then, whatever the new generation starts (workers it
+    /// forks without exec included, which keep the listening sockets) is killed with it if it
+    /// fails; the price is that signals sent to the parent's group miss it until this call.
+    ///
     /// Calling it again once it succeeded does nothing.
     ///
     /// # Errors
@@ -612,6 +630,21 @@ impl Upgrader {
                 "closed an inherited descriptor that this generation did not ask for"
             );
             report::unclaimed(inner.pid, &name);
+        }
+        // Before the parent hears `ready`: once told, it may exit, and whoever waits for its
+        // group (a supervisor, `tini -g`) must find this process in it by then.
+        if let Some(pgid) = inner.join_pgid {
+            match sys::join_process_group(pgid) {
+                Ok(()) => {
+                    tracing::debug!(pid = inner.pid, pgid, "back in the parent's process group")
+                }
+                Err(err) => tracing::debug!(
+                    pid = inner.pid,
+                    pgid,
+                    %err,
+                    "cannot move into the parent's process group; staying in this one"
+                ),
+            }
         }
         if let Some(link) = &inner.parent_link {
             if let Err(err) = link::send(link, &Message::Ready) {
@@ -642,8 +675,10 @@ impl Upgrader {
     /// finish in-flight work and exit.
     ///
     /// If the new process fails (cannot start, exits before it is ready, or is not ready within
-    /// the upgrade timeout, in which case it is killed), it is reaped, nothing in this process
-    /// has changed, and a later upgrade may be tried.
+    /// the upgrade timeout), it is killed with everything it started (its process group: it
+    /// runs in one of its own until it is ready, see `ready`), reaped, nothing in this process
+    /// has changed, and a later upgrade may be tried. A descendant that left the group
+    /// (`setsid`) escapes this; under systemd, `KillMode=control-group` covers it.
     ///
     /// Under a service manager (`NOTIFY_SOCKET`), the upgrade is a reload: `RELOADING=1` when
     /// it begins; then, before this returns, `MAINPID=<new pid>` and `READY=1` when it
@@ -954,7 +989,7 @@ impl Upgrader {
                     "stopping during an upgrade: cancelling it"
                 );
                 if let Some(child) = child {
-                    sys::kill_hard(child);
+                    sys::kill_successor(child);
                 }
                 if let Some(link) = inner.starting_link().as_ref() {
                     if let Err(err) = sys::shutdown(link.as_fd()) {
@@ -1054,6 +1089,7 @@ impl Inner {
                 (env::LISTEN_FDNAMES, names.join(":")),
                 (env::LINK_FD, (FIRST_FD as usize + count).to_string()),
                 (env::GENERATION, (self.generation + 1).to_string()),
+                (env::PGID, sys::process_group().to_string()),
             ];
             tracing::info!(
                 executable = %config.executable.display(),
@@ -1097,7 +1133,8 @@ impl Inner {
                 Ok(Some(other)) => tracing::debug!(?other, "ignoring a message before ready"),
                 Ok(None) => {
                     // The child closed the link: it exited. Killing a zombie is harmless and
-                    // makes sure nothing lingers if it only closed the descriptor.
+                    // makes sure nothing lingers if it only closed the descriptor; its group
+                    // goes too, with whatever it started (a wrapper's background children).
                     return Err(match self.end_child(child) {
                         Ok(status) => Error::ChildExited { pid: child, status },
                         Err(e) => Error::io("reaping the new process that exited early", e),
@@ -1133,7 +1170,7 @@ impl Inner {
         if let State::Upgrading { child: known } = &mut *self.state() {
             *known = None;
         }
-        sys::kill_hard(child);
+        sys::kill_successor(child);
         sys::wait_child(child)
     }
 
@@ -1324,11 +1361,13 @@ impl Inner {
         // has left nobody serving after it.
         let had_successor = std::mem::take(&mut self.lineage().descendants) > 1;
         self.report_descendants();
-        // Whatever it started goes with it; a rolled-back successor is stopping gracefully
-        // instead, and ends here only once it has exited.
+        // A rolled-back successor stops gracefully and ends here only once it has exited.
         let status = sys::wait_child(child);
         let on_probation = *self.state() == (State::Probation { successor: child });
         if on_probation && !child_stopping {
+            // It left its own group at ready(); what it started before (a wrapper's other
+            // children) may still be there, holding the sockets.
+            sys::kill_group(child);
             let reason = match &status {
                 Ok(status) => format!("pid {child} ended during its probation: {status}"),
                 Err(err) => format!("pid {child} ended during its probation (not reaped: {err})"),

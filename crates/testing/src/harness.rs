@@ -569,7 +569,15 @@ impl Drop for Harness {
             task.abort();
         }
         sys::kill_group(self.pgid);
+        // A successor still starting leads a group of its own, with whatever it started.
+        let starting = sys::starting_successors(self.pgid);
+        for &pgid in &starting {
+            sys::kill_group(pgid);
+        }
         sys::reap_group(self.pgid, REAP);
+        for pgid in starting {
+            sys::reap_group(pgid, REAP);
+        }
         if std::thread::panicking() {
             eprintln!(
                 "----- what {} wrote (all generations) -----\n{}-----",

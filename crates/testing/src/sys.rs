@@ -40,6 +40,23 @@ pub(crate) fn kill_group(pgid: u32) {
     }
 }
 
+/// The process groups of successors still starting on behalf of group `pgid`: graceful starts
+/// each new generation in a group of its own, which joins its parent's group (announced to it
+/// as `GRACEFUL_PGID`) only once it is ready. Found by their environment, in `/proc`.
+pub(crate) fn starting_successors(pgid: u32) -> Vec<u32> {
+    let marker = format!("GRACEFUL_PGID={pgid}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == marker.as_bytes()))
+        })
+        .collect()
+}
+
 /// Reaps every process of group `pgid` as it ends, until none is left or `timeout` runs out.
 /// For use once the group has been killed: it polls, because members that are not yet our
 /// children become ours only when their parent exits.

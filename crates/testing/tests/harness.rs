@@ -295,3 +295,52 @@ async fn a_panicking_test_leaves_no_process_behind() {
         );
     }
 }
+
+/// A test that ends while an upgrade is under way: the new generation, still starting, leads
+/// a process group of its own (with a child it started), and the harness kills and reaps that
+/// group too.
+#[tokio::test]
+async fn a_harness_dropped_during_an_upgrade_leaves_no_starting_successor() {
+    if is_server() {
+        if std::env::var("GRACEFUL_GENERATION").as_deref() != Ok("2") {
+            return serve(graceful_tokio::Builder::new()).await;
+        }
+        // The new generation starts a child and never becomes ready.
+        let child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        println!("starting pid={} child={}", std::process::id(), child.id());
+        return std::future::pending().await;
+    }
+    let harness =
+        Harness::this_test("a_harness_dropped_during_an_upgrade_leaves_no_starting_successor")
+            .start()
+            .await
+            .unwrap();
+    {
+        let upgrading = harness.upgrade();
+        tokio::pin!(upgrading);
+        tokio::select! {
+            result = &mut upgrading => panic!("the upgrade ended: {result:?}"),
+            found = harness.wait_output("starting pid=") => found.unwrap(),
+        }
+    }
+    let output = harness.output();
+    let line = output
+        .lines()
+        .find_map(|line| line.split_once("starting pid=").map(|(_, rest)| rest))
+        .unwrap();
+    let pids: Vec<u32> = line
+        .split([' ', '='])
+        .filter_map(|field| field.trim().parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 2, "{line}");
+    drop(harness);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} was killed and reaped"
+        );
+    }
+}
