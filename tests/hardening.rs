@@ -55,8 +55,13 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Whether `pid` runs: a killed process whose parent has gone is reparented to this test
+/// process (the harness makes it a subreaper) and stays a zombie until reaped, which is dead.
 fn alive(pid: u32) -> bool {
-    kill(Pid::from_raw(pid as i32), None).is_ok()
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !state.is_some_and(|state| state.starts_with('Z'))
+    })
 }
 
 /// A successor killed right after it reported ready: the old generation, on probation, takes
