@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 #![cfg(unix)]
 
+mod alert;
 mod env;
 mod error;
 mod event;
@@ -76,6 +77,8 @@ mod spawn;
 mod sys;
 mod upgrader;
 
+#[doc(hidden)]
+pub use alert::alert;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use handover::{Handover, Started};

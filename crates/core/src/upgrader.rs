@@ -748,6 +748,7 @@ impl Upgrader {
                     tracing::warn!(pid = inner.pid, %err, "upgrade cancelled by the stop");
                 } else {
                     tracing::error!(pid = inner.pid, %err, "upgrade failed; this generation keeps serving");
+                    crate::alert::upgrade_failed(inner.pid, inner.generation, &err);
                     inner.notifier.send(&format!(
                         "READY=1\nSTATUS={}",
                         notify::one_line(&format!(
