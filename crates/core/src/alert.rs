@@ -7,9 +7,9 @@
 //! message to stderr as one line prefixed `graceful:`. With a subscriber, it writes nothing; the
 //! event reaches the subscriber as usual, once.
 //!
-//! Reserved for failures that need action: an upgrade that failed, an upgrade signal ignored,
-//! graceful unable to start, connections abandoned at the end of a drain. Never between `fork`
-//! and `exec` (it allocates and locks stderr).
+//! Reserved for failures that need action: an upgrade that failed or was rolled back, an upgrade
+//! signal ignored, graceful unable to start, connections abandoned at the end of a drain. Never
+//! between `fork` and `exec` (it allocates and locks stderr).
 
 use std::fmt;
 use std::io::Write;
@@ -46,6 +46,14 @@ pub fn alert(message: fmt::Arguments<'_>) {
 pub(crate) fn upgrade_failed(pid: u32, generation: u64, err: &crate::Error) {
     alert(format_args!(
         "upgrade failed; pid {pid} (generation {generation}) keeps serving: {err}"
+    ));
+}
+
+/// The successor failed during its probation and this process took the service back.
+pub(crate) fn rolled_back(pid: u32, successor: u32, reason: &str) {
+    alert(format_args!(
+        "rolled back: the new generation (pid {successor}) failed during its probation: \
+         {reason}; pid {pid} serves again"
     ));
 }
 

@@ -1239,6 +1239,7 @@ impl Inner {
             "rolled back: the new generation failed during its probation; this generation \
              serves again"
         );
+        crate::alert::rolled_back(self.pid, successor, reason);
         if let Some(path) = &self.config.pid_file {
             if let Err(err) = pidfile::write(path, self.pid) {
                 tracing::error!(path = %path.display(), %err, "cannot rewrite the PID file after the rollback");
