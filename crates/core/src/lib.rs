@@ -54,9 +54,9 @@
 //!
 //! Every phase is reported through `tracing` with the pids involved, under the target
 //! `graceful_core` (`info` for each phase, `error` for a failed upgrade). Without a tracing
-//! subscriber, a failed upgrade is also written to stderr, as one line starting `graceful:` with
-//! the reason, so that it is never lost; with one, it goes to the subscriber alone. Under a
-//! service manager, the reason is also sent as `STATUS=`.
+//! subscriber, a failed or rolled-back upgrade is also written to stderr, as one line starting
+//! `graceful:` with the reason, so that it is never lost; with one, it goes to the subscriber
+//! alone. Under a service manager, the reason is also sent as `STATUS=`.
 //!
 //! # Playing the previous generation
 //!

@@ -46,11 +46,11 @@
 //!
 //! # Where reports go
 //!
-//! graceful reports through [`tracing`](https://docs.rs/tracing): each phase at `info`,
-//! what needs a look at `warn`, a failed upgrade at `error`, under the targets `graceful_core`,
-//! `graceful_tokio` and `graceful_hyper`. Install a subscriber to see them, as above. Without
-//! one, a failed upgrade is still written to stderr, as one line starting `graceful:` with the
-//! reason, so a deploy that failed never leaves an empty log.
+//! graceful reports through [`tracing`](https://docs.rs/tracing): each phase at `info`, what needs
+//! a look at `warn`, a failed upgrade at `error`, under the targets `graceful_core`,
+//! `graceful_tokio` and `graceful_hyper`. Install a subscriber to see them, as above. Without one,
+//! a failed or rolled-back upgrade is still written to stderr, as one line starting `graceful:`
+//! with the reason, so a deploy that failed never leaves an empty log.
 
 #![warn(missing_docs)]
 #![cfg(unix)]
