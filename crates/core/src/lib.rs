@@ -7,7 +7,7 @@
 //! its work and exits. If the child fails, it is killed and reaped and the parent keeps serving.
 //!
 //! This crate is the mechanism, for synchronous code and for runtime adapters. Async servers use
-//! the `graceful` crate, which builds on it.
+//! the `graceful-upgrade` package (library `graceful`), which builds on it.
 //!
 //! # Example
 //!
@@ -50,7 +50,13 @@
 //! draining. When more than [`Builder::max_generations`] are alive, the oldest is told through
 //! [`Upgrader::finish_requested`] to end its remaining connections now.
 //!
-//! Every phase is logged with `tracing`, with the pids involved.
+//! # Where reports go
+//!
+//! Every phase is reported through `tracing` with the pids involved, under the target
+//! `graceful_core` (`info` for each phase, `error` for a failed upgrade). Without a tracing
+//! subscriber, a failed or rolled-back upgrade is also written to stderr, as one line starting
+//! `graceful:` with the reason, so that it is never lost; with one, it goes to the subscriber
+//! alone. Under a service manager, the reason is also sent as `STATUS=`.
 //!
 //! # Playing the previous generation
 //!
@@ -62,6 +68,7 @@
 #![warn(missing_docs)]
 #![cfg(unix)]
 
+mod alert;
 mod env;
 mod error;
 mod event;
@@ -76,6 +83,8 @@ mod spawn;
 mod sys;
 mod upgrader;
 
+#[doc(hidden)]
+pub use alert::alert;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use handover::{Handover, Started};

@@ -748,6 +748,7 @@ impl Upgrader {
                     tracing::warn!(pid = inner.pid, %err, "upgrade cancelled by the stop");
                 } else {
                     tracing::error!(pid = inner.pid, %err, "upgrade failed; this generation keeps serving");
+                    crate::alert::upgrade_failed(inner.pid, inner.generation, &err);
                     inner.notifier.send(&format!(
                         "READY=1\nSTATUS={}",
                         notify::one_line(&format!(
@@ -1238,6 +1239,7 @@ impl Inner {
             "rolled back: the new generation failed during its probation; this generation \
              serves again"
         );
+        crate::alert::rolled_back(self.pid, successor, reason);
         if let Some(path) = &self.config.pid_file {
             if let Err(err) = pidfile::write(path, self.pid) {
                 tracing::error!(path = %path.display(), %err, "cannot rewrite the PID file after the rollback");

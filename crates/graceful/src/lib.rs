@@ -5,6 +5,16 @@
 //! refused), waits until the new process is ready, then stops accepting, lets its connections
 //! finish, and exits. If the new process fails, the old one keeps serving.
 //!
+//! The package is `graceful-upgrade`; its library is `graceful`:
+//!
+//! ```toml
+//! [dependencies]
+//! graceful = { package = "graceful-upgrade", version = "0.1" }
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
+//! futures = "0.3"
+//! tracing-subscriber = "0.3"
+//! ```
+//!
 //! Adopting it takes three lines:
 //!
 //! ```no_run
@@ -13,6 +23,7 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), graceful::Error> {
+//!     tracing_subscriber::fmt().with_writer(std::io::stderr).init(); // graceful's reports
 //!     let mut listener = graceful::listen("127.0.0.1:8080").await?; // was TcpListener::bind
 //!     graceful::ready()?;
 //!     while let Some(conn) = listener.next().await {
@@ -32,6 +43,14 @@
 //! feature `hyper`, `serve` runs a hyper service across upgrades; with `axum`, `axum::serve`
 //! runs a Router. With `testing` (Linux, for dev-dependencies), `graceful::testing` is a
 //! `cargo test` harness that starts your server as a real process and upgrades it under load.
+//!
+//! # Where reports go
+//!
+//! graceful reports through [`tracing`](https://docs.rs/tracing): each phase at `info`, what needs
+//! a look at `warn`, a failed upgrade at `error`, under the targets `graceful_core`,
+//! `graceful_tokio` and `graceful_hyper`. Install a subscriber to see them, as above. Without one,
+//! a failed or rolled-back upgrade is still written to stderr, as one line starting `graceful:`
+//! with the reason, so a deploy that failed never leaves an empty log.
 
 #![warn(missing_docs)]
 #![cfg(unix)]

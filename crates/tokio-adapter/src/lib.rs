@@ -52,6 +52,11 @@
 //! one polled reports readiness itself unless [`Builder::explicit_ready`] asks the application
 //! to call [`ready`].
 //!
+//! Everything is reported through `tracing`, under the targets `graceful_tokio` (signals,
+//! listeners, the drain, the control socket) and `graceful_core` (the upgrade itself); install a
+//! subscriber to see it. Without one, a failed or rolled-back upgrade is still written to stderr,
+//! as one line starting `graceful:` with the reason.
+//!
 //! Misuse is harmless: a second `listen` on the same address is an
 //! [`Error::AlreadyRegistered`]; a second `ready` does nothing; an upgrade signal before `ready`
 //! is logged and ignored.

@@ -4,9 +4,15 @@
 use std::process::ExitCode;
 
 use graceful_example_testing_axum::{addr, app};
+use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // graceful reports through tracing: upgrades, failures and drains, here on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let addr = match addr() {
         Ok(addr) => addr,
         Err(problem) => {
