@@ -49,8 +49,9 @@
 //! graceful reports through [`tracing`](https://docs.rs/tracing): each phase at `info`, what needs
 //! a look at `warn`, a failed upgrade at `error`, under the targets `graceful_core`,
 //! `graceful_tokio` and `graceful_hyper`. Install a subscriber to see them, as above. Without one,
-//! a failed or rolled-back upgrade is still written to stderr, as one line starting `graceful:`
-//! with the reason, so a deploy that failed never leaves an empty log.
+//! a failed or rolled-back upgrade, an ignored upgrade signal, graceful unable to start and
+//! connections abandoned by a drain are still written to stderr, each as one line starting
+//! `graceful:` with the reason, so a deploy that failed never leaves an empty log.
 
 #![warn(missing_docs)]
 #![cfg(unix)]

@@ -305,7 +305,9 @@ async fn a_harness_dropped_during_an_upgrade_leaves_no_starting_successor() {
         if std::env::var("GRACEFUL_GENERATION").as_deref() != Ok("2") {
             return serve(graceful_tokio::Builder::new()).await;
         }
-        // The new generation starts a child and never becomes ready.
+        // The new generation starts a child and never becomes ready. Nobody waits for the
+        // child: the harness must kill and reap it.
+        #[allow(clippy::zombie_processes)]
         let child = std::process::Command::new("sleep")
             .arg("600")
             .spawn()

@@ -577,6 +577,10 @@ impl Graceful {
             tracing::info!(pid = std::process::id(), %report, "drained");
         } else {
             tracing::warn!(pid = std::process::id(), %report, "drain ended with open connections");
+            graceful_core::alert(format_args!(
+                "drain ended with open connections: pid {} {report}",
+                std::process::id()
+            ));
         }
         // Inert unless a test harness started this server.
         let outcome = format!("{:?}", report.outcome);
@@ -619,6 +623,10 @@ impl Graceful {
     fn on_upgrade_signal(&self) {
         if self.is_upgrade_requested() {
             tracing::info!("upgrade signal ignored: this process is already replaced or stopping");
+            graceful_core::alert(format_args!(
+                "upgrade signal ignored: pid {} is already replaced or stopping",
+                std::process::id()
+            ));
             return;
         }
         tracing::info!(pid = std::process::id(), "upgrade signal received");
@@ -631,7 +639,10 @@ impl Graceful {
                     | Error::NotReady { .. }
                     | Error::AlreadyReplaced { .. }
                     | Error::Stopping { .. }),
-                ) => tracing::warn!(%err, "upgrade signal ignored"),
+                ) => {
+                    tracing::warn!(%err, "upgrade signal ignored");
+                    graceful_core::alert(format_args!("upgrade signal ignored: {err}"));
+                }
                 // The upgrader has logged the failure; the server keeps serving.
                 Err(_) => {}
             }
@@ -774,6 +785,9 @@ pub(crate) fn global() -> Option<Graceful> {
         Err(err) => {
             if !REPORTED.swap(true, Ordering::SeqCst) {
                 tracing::error!(%err, "graceful could not start; upgrades are unavailable");
+                graceful_core::alert(format_args!(
+                    "graceful could not start; upgrades are unavailable: {err}"
+                ));
             }
             None
         }

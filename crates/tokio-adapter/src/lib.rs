@@ -54,8 +54,9 @@
 //!
 //! Everything is reported through `tracing`, under the targets `graceful_tokio` (signals,
 //! listeners, the drain, the control socket) and `graceful_core` (the upgrade itself); install a
-//! subscriber to see it. Without one, a failed or rolled-back upgrade is still written to stderr,
-//! as one line starting `graceful:` with the reason.
+//! subscriber to see it. Without one, a failed or rolled-back upgrade, an ignored upgrade signal,
+//! graceful unable to start and connections abandoned by a drain are still written to stderr,
+//! each as one line starting `graceful:` with the reason.
 //!
 //! Misuse is harmless: a second `listen` on the same address is an
 //! [`Error::AlreadyRegistered`]; a second `ready` does nothing; an upgrade signal before `ready`
