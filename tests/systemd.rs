@@ -210,6 +210,50 @@ fn notify_reports_ready_reloads_the_new_main_pid_failures_and_stops_in_order() {
     assert_eq!(server.statuses(), [(gen1.pid, 0), (gen2.pid, 0)]);
 }
 
+/// A new generation that dies during the old one's probation: the old one takes the service
+/// back and tells the service manager it is the main pid again, with the reason.
+#[test]
+fn a_rollback_makes_the_old_generation_the_main_pid_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = copy_server(dir.path());
+    let pid_file = dir.path().join("server.pid");
+    let notify = NotifySocket::bind(&dir.path().join("notify"));
+    let server = Group::spawn(
+        Command::new(&exe)
+            .args(["--addr", "127.0.0.1:0", "--probation", "60s", "--pid-file"])
+            .arg(&pid_file)
+            .env("NOTIFY_SOCKET", &notify.path),
+    );
+    let gen1 = server.wait_ready(1);
+    notify.expect(gen1.pid, "READY=1", "first start");
+    signal(gen1.pid, Signal::SIGHUP);
+    notify.expect(gen1.pid, "RELOADING=1", "the upgrade beginning");
+    let handover = notify.expect(gen1.pid, "MAINPID=", "the new main pid");
+    let gen2 = server.wait_ready(2);
+    assert_eq!(field(&handover.1, "MAINPID"), gen2.pid.to_string());
+
+    signal(gen2.pid, Signal::SIGKILL);
+    let back = notify.expect(gen1.pid, "MAINPID=", "the old pid, main again");
+    assert_eq!(field(&back.1, "MAINPID"), gen1.pid.to_string());
+    assert!(back.1.contains(&"READY=1".to_owned()), "{back:?}");
+    let status = field(&back.1, "STATUS");
+    assert!(
+        status.starts_with(&format!("Rolled back: pid {} (generation 1)", gen1.pid))
+            && status.contains("SIGKILL"),
+        "{status}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        format!("{}\n", gen1.pid)
+    );
+    assert_eq!(http_get(gen1.addr, "/"), format!("hello from {}", gen1.pid));
+
+    signal(gen1.pid, Signal::SIGTERM);
+    notify.expect(gen1.pid, "STOPPING=1", "the graceful stop");
+    server.wait_exited(gen1.pid);
+    notify.expect_nothing_more();
+}
+
 // ---------------------------------------------------------------------------------------------
 // The control socket
 
