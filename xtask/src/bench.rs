@@ -14,6 +14,8 @@
 //!   accepting) against the others: latency percentiles, and the longest gap between two
 //!   completed requests. With one request per connection, a completion is an accepted
 //!   connection, so that gap bounds any pause in accepting.
+//! - **HTTP/2 tail.** Each round also runs the HTTP/2 load against `http-server` left alone, for
+//!   its latency p50 / p99 / max: the tail that Nagle's algorithm on accepted sockets adds.
 //! - **Cost growth.** `scale-probe all` (from `benches/`): upgrade time with 1, 100 and 1000
 //!   inherited sockets, drain time with 1k and 10k idle connections, memory per tracked
 //!   connection. Its JSON lines are shown and passed through.
@@ -101,6 +103,9 @@ struct Figures {
     /// That load's requests, and those that failed.
     loaded_requests: u64,
     loaded_failed: u64,
+    /// HTTP/2 against `http-server` left alone, one run per round: the tail that
+    /// `TCP_NODELAY` on accepted sockets removes.
+    h2: Vec<Report>,
     scale: Vec<Value>,
 }
 
@@ -156,6 +161,20 @@ impl Bench<'_> {
             throughput.push(t);
         }
 
+        let mut h2 = Vec::new();
+        for round in 1..=self.options.rounds {
+            let report = self.steady("http-server", Mode::H2)?;
+            self.say(&format!(
+                "  h2 round {round}/{}: {:.0} req/s",
+                self.options.rounds,
+                report.throughput()
+            ));
+            for example in &report.examples {
+                self.say(&format!("    failure: {example}"));
+            }
+            h2.push(report);
+        }
+
         self.say(&format!(
             "  timing {} bare starts of http-server, idle and under keep-alive load",
             self.options.starts
@@ -193,6 +212,7 @@ impl Bench<'_> {
             loaded_starts,
             loaded_requests: report.requests(),
             loaded_failed: report.failed(),
+            h2,
             scale,
         })
     }
@@ -390,7 +410,21 @@ fn ratio_spread(values: &[f64]) -> String {
 
 impl Figures {
     fn failed(&self) -> u64 {
-        self.throughput.iter().map(|t| t.failed).sum::<u64>() + self.loaded_failed
+        self.throughput.iter().map(|t| t.failed).sum::<u64>()
+            + self.loaded_failed
+            + self.h2.iter().map(Report::failed).sum::<u64>()
+    }
+
+    /// Every HTTP/2 request's latency, in µs, sorted.
+    fn h2_latencies(&self) -> Vec<u64> {
+        let mut latencies: Vec<u64> = self
+            .h2
+            .iter()
+            .flat_map(|r| &r.samples)
+            .map(|s| s.latency_us)
+            .collect();
+        latencies.sort_unstable();
+        latencies
     }
 
     fn runs(&self) -> impl Iterator<Item = &Run> {
@@ -502,6 +536,27 @@ impl Figures {
             );
         }
 
+        let h2 = self.h2_latencies();
+        println!();
+        println!(
+            "HTTP/2 latency against http-server left alone ({} connections, {} rounds of {:?})",
+            demo::connections(Mode::H2),
+            options.rounds,
+            options.duration
+        );
+        println!();
+        println!("| load | requests | req/s (median of rounds) | p50 | p99 | max |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} |",
+            Mode::H2.describe(),
+            h2.len(),
+            median(&self.h2.iter().map(Report::throughput).collect::<Vec<_>>()),
+            micros(percentile(&h2, 50.0)),
+            micros(percentile(&h2, 99.0)),
+            micros(h2.last().copied().unwrap_or(0)),
+        );
+
         if !self.scale.is_empty() {
             println!();
             println!("Cost growth (scale-probe all)");
@@ -513,8 +568,9 @@ impl Figures {
 
         println!();
         println!("Targets");
-        let requests: u64 =
-            self.throughput.iter().map(|t| t.requests).sum::<u64>() + self.loaded_requests;
+        let requests: u64 = self.throughput.iter().map(|t| t.requests).sum::<u64>()
+            + self.loaded_requests
+            + self.h2.iter().map(Report::requests).sum::<u64>();
         verdict(
             self.failed() == 0,
             &format!("0 failed requests: {} of {requests}", self.failed()),
@@ -599,6 +655,13 @@ impl Figures {
                 "bare_start_under_load": ms(&self.loaded_starts),
                 "bare_start_idle": ms(&self.idle_starts),
                 "overhead_median": self.handover_overhead() as f64 / 1e3,
+            },
+            "h2_latency_ms": {
+                "connections": demo::connections(Mode::H2),
+                "requests": self.h2_latencies().len(),
+                "p50": percentile(&self.h2_latencies(), 50.0) as f64 / 1e3,
+                "p99": percentile(&self.h2_latencies(), 99.0) as f64 / 1e3,
+                "max": self.h2_latencies().last().copied().unwrap_or(0) as f64 / 1e3,
             },
             "scale": self.scale,
             "failed": self.failed(),
