@@ -64,12 +64,12 @@
 
 mod error;
 mod harness;
-mod load;
+pub mod load;
 mod monitor;
 mod output;
 mod sys;
 
 pub use error::{Error, Result};
 pub use harness::{Builder, Harness, Upgraded, is_server};
-pub use load::{Client, Failure, Load, LoadReport, Tally};
+pub use load::{Client, Failure, Load, LoadReport, Running, Tally};
 pub use monitor::{Drain, Generation, Rollback};
