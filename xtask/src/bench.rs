@@ -31,8 +31,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 
+use graceful_testing::load::{Timing, percentile};
+use graceful_testing::process;
+
 use crate::demo::{self, Run, micros};
-use crate::load::{Load, Mode, Report, Sample, percentile};
+use crate::load::{Load, Mode, Report};
 use crate::procs::{self, Server};
 
 pub(crate) struct Options {
@@ -54,7 +57,7 @@ const HANDOVER_OVERHEAD_TARGET: Duration = Duration::from_millis(5);
 pub(crate) fn run(options: &Options) -> Result<bool, String> {
     let bin = procs::build_release(&["graceful-examples", "graceful-benches"])?;
     let scratch = procs::scratch_dir("bench")?;
-    procs::become_subreaper();
+    process::become_subreaper().map_err(|e| format!("cannot become a child subreaper: {e}"))?;
     let runtime = crate::runtime()?;
     let bench = Bench {
         runtime,
@@ -141,21 +144,21 @@ impl Bench<'_> {
                     "  {} round {round}/{}: plain {:.0} req/s, graceful {:.0}, upgrading {:.0} ({} upgrades)",
                     mode.name(),
                     self.options.rounds,
-                    plain.throughput(),
-                    graceful.throughput(),
-                    moving.throughput(),
+                    plain.load.throughput(),
+                    graceful.load.throughput(),
+                    moving.load.throughput(),
                     upgrading.upgrades.len(),
                 ));
                 for report in [&plain, &graceful, moving] {
-                    t.failed += report.failed();
-                    t.requests += report.requests();
-                    for example in &report.examples {
+                    t.failed += report.load.failures();
+                    t.requests += report.load.succeeded();
+                    for example in report.load.failure_samples() {
                         self.say(&format!("    failure: {example}"));
                     }
                 }
-                t.plain.push(plain.throughput());
-                t.graceful.push(graceful.throughput());
-                t.upgrading.push(moving.throughput());
+                t.plain.push(plain.load.throughput());
+                t.graceful.push(graceful.load.throughput());
+                t.upgrading.push(moving.load.throughput());
                 t.runs.push(upgrading);
             }
             throughput.push(t);
@@ -167,9 +170,9 @@ impl Bench<'_> {
             self.say(&format!(
                 "  h2 round {round}/{}: {:.0} req/s",
                 self.options.rounds,
-                report.throughput()
+                report.load.throughput()
             ));
-            for example in &report.examples {
+            for example in report.load.failure_samples() {
                 self.say(&format!("    failure: {example}"));
             }
             h2.push(report);
@@ -193,7 +196,7 @@ impl Bench<'_> {
                 mode,
                 ready.get("addr"),
                 demo::connections(mode),
-            );
+            )?;
             let starts = self.bare_starts();
             let report = load.finish(&self.runtime);
             Ok::<_, String>((starts?, report))
@@ -210,8 +213,8 @@ impl Bench<'_> {
             throughput,
             idle_starts,
             loaded_starts,
-            loaded_requests: report.requests(),
-            loaded_failed: report.failed(),
+            loaded_requests: report.load.succeeded(),
+            loaded_failed: report.load.failures(),
             h2,
             scale,
         })
@@ -251,7 +254,7 @@ impl Bench<'_> {
                 mode,
                 ready.get("addr"),
                 demo::connections(mode),
-            );
+            )?;
             std::thread::sleep(self.options.duration);
             Ok(load.finish(&self.runtime))
         })();
@@ -311,13 +314,14 @@ impl Windows {
         let mut w = Windows::default();
         for run in runs {
             let report = &run.reports[0];
-            let us = |at: Instant| at.saturating_duration_since(report.epoch).as_micros() as u64;
+            let epoch = report.load.epoch();
+            let us = |at: Instant| at.saturating_duration_since(epoch).as_micros() as u64;
             let windows: Vec<(u64, u64)> = run
                 .upgrades
                 .iter()
                 .map(|u| (us(u.signalled), us(u.stopped)))
                 .collect();
-            w.add(&report.samples, &windows);
+            w.add(report.load.timings(), &windows);
         }
         w.inside.sort_unstable();
         w.outside.sort_unstable();
@@ -327,7 +331,7 @@ impl Windows {
     /// Sorts `samples` into those that overlap one of `windows` (disjoint `(from, to)` pairs
     /// in order, in µs like the samples) and the others, and the gaps between completions
     /// likewise.
-    fn add(&mut self, samples: &[Sample], windows: &[(u64, u64)]) {
+    fn add(&mut self, samples: &[Timing], windows: &[(u64, u64)]) {
         let overlaps = |from: u64, to: u64| {
             // The last window starting at or before `to` is the only one that can overlap.
             let i = windows.partition_point(|(start, _)| *start <= to);
@@ -412,7 +416,7 @@ impl Figures {
     fn failed(&self) -> u64 {
         self.throughput.iter().map(|t| t.failed).sum::<u64>()
             + self.loaded_failed
-            + self.h2.iter().map(Report::failed).sum::<u64>()
+            + self.h2.iter().map(|r| r.load.failures()).sum::<u64>()
     }
 
     /// Every HTTP/2 request's latency, in µs, sorted.
@@ -420,7 +424,7 @@ impl Figures {
         let mut latencies: Vec<u64> = self
             .h2
             .iter()
-            .flat_map(|r| &r.samples)
+            .flat_map(|r| r.load.timings())
             .map(|s| s.latency_us)
             .collect();
         latencies.sort_unstable();
@@ -551,7 +555,7 @@ impl Figures {
             "| {} | {} | {:.0} | {} | {} | {} |",
             Mode::H2.describe(),
             h2.len(),
-            median(&self.h2.iter().map(Report::throughput).collect::<Vec<_>>()),
+            median(&self.h2.iter().map(|r| r.load.throughput()).collect::<Vec<_>>()),
             micros(percentile(&h2, 50.0)),
             micros(percentile(&h2, 99.0)),
             micros(h2.last().copied().unwrap_or(0)),
@@ -570,7 +574,7 @@ impl Figures {
         println!("Targets");
         let requests: u64 = self.throughput.iter().map(|t| t.requests).sum::<u64>()
             + self.loaded_requests
-            + self.h2.iter().map(Report::requests).sum::<u64>();
+            + self.h2.iter().map(|r| r.load.succeeded()).sum::<u64>();
         verdict(
             self.failed() == 0,
             &format!("0 failed requests: {} of {requests}", self.failed()),
@@ -700,11 +704,8 @@ fn flatten(value: &Value) -> String {
 mod tests {
     use super::*;
 
-    fn sample(start_us: u64, latency_us: u64) -> Sample {
-        Sample {
-            start_us,
-            latency_us,
-        }
+    fn sample(start_us: u64, latency_us: u64) -> Timing {
+        Timing::new(start_us, latency_us)
     }
 
     #[test]

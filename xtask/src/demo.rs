@@ -15,13 +15,14 @@
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
+use graceful_testing::load::{Live, percentile};
+use graceful_testing::process::{self, Signal};
 use tokio::runtime::Runtime;
 
-use crate::load::{Live, Load, Mode, Report, percentile};
+use crate::load::{Load, Mode, Report};
 use crate::procs::{self, STEP, Server};
 
 pub(crate) struct Options {
@@ -43,7 +44,7 @@ pub(crate) fn connections(mode: Mode) -> usize {
 pub(crate) fn run(options: &Options) -> Result<bool, String> {
     let bin = procs::build_release(&["graceful-examples"])?;
     let scratch = procs::scratch_dir("demo")?;
-    procs::become_subreaper();
+    process::become_subreaper().map_err(|e| format!("cannot become a child subreaper: {e}"))?;
     let runtime = crate::runtime()?;
 
     let http: Vec<Mode> = options
@@ -177,10 +178,10 @@ pub(crate) fn under_upgrades(
 ) -> Result<Run, String> {
     let first = server.wait_ready(1)?;
     let started = Instant::now();
-    let loads: Vec<Load> = loads
+    let loads = loads
         .iter()
         .map(|(mode, n)| Load::start(runtime, *mode, first.get("addr"), *n))
-        .collect();
+        .collect::<Result<Vec<Load>, String>>()?;
     let result = upgrade_loop(server, &loads, first.pid(), upgrades, interval, progress);
     let reports = loads.into_iter().map(|l| l.finish(runtime)).collect();
     let (upgrades, exits) = result?;
@@ -203,7 +204,7 @@ fn upgrade_loop(
     for load in loads {
         wait_until(
             &format!("the {} load's first answer", load.mode().name()),
-            || load.live().requests.load(Ordering::Relaxed) > 0,
+            || load.live().answered() > 0,
         )?;
     }
     let progress = progress.then(|| Progress::start(loads, upgrades));
@@ -212,7 +213,7 @@ fn upgrade_loop(
     for n in 1..=upgrades {
         std::thread::sleep(interval);
         let signalled = Instant::now();
-        Server::signal(pid, Signal::SIGHUP)?;
+        process::signal(pid, Signal::SIGHUP).map_err(|e| format!("SIGHUP to {pid}: {e}"))?;
         let ready = server.wait_ready(u64::from(n) + 1)?;
         let stopped = server.wait_line_of("stopped", pid)?;
         done.push(Upgrade {
@@ -230,7 +231,7 @@ fn upgrade_loop(
     for load in loads {
         wait_until(
             &format!("the {} load to reach pid {pid}", load.mode().name()),
-            || load.live().pid.load(Ordering::Relaxed) == pid,
+            || load.live().pids().contains(&pid),
         )?;
     }
     drop(progress);
@@ -282,20 +283,15 @@ impl Progress {
                 let mut last = false;
                 while !last {
                     last = done.load(Ordering::Relaxed);
-                    let sum = |f: fn(&Live) -> &AtomicU64| {
-                        counters
-                            .iter()
-                            .map(|c| f(c).load(Ordering::Relaxed))
-                            .sum::<u64>()
-                    };
+                    let sum = |f: fn(&Live) -> u64| counters.iter().map(|c| f(c)).sum::<u64>();
                     let line = format!(
                         "  {:>6.1}s  upgrades {}/{upgrades}  pid {}  requests {}  reconnects {}  failed {}",
                         started.elapsed().as_secs_f64(),
                         upgraded.0.load(Ordering::Relaxed),
                         upgraded.1.load(Ordering::Relaxed),
-                        sum(|c| &c.requests),
-                        sum(|c| &c.reconnects),
-                        sum(|c| &c.failures),
+                        sum(Live::answered),
+                        sum(Live::reconnects),
+                        sum(Live::failures),
                     );
                     if terminal {
                         print!("\r{line}   ");
@@ -347,17 +343,16 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
     for report in phases.iter().flat_map(|p| &p.run.reports) {
-        let mut latencies: Vec<u64> = report.samples.iter().map(|s| s.latency_us).collect();
-        latencies.sort_unstable();
+        let latencies = report.load.latencies_us();
         println!(
             "| {} ({}) | {} | {} | {} | {} | {} | {} / {} / {} |",
             report.mode.name(),
             report.mode.describe(),
-            report.connections,
-            report.requests(),
-            report.reconnects,
-            report.failed(),
-            report.pids.len(),
+            report.load.clients(),
+            report.load.succeeded(),
+            report.load.reconnects(),
+            report.load.failures(),
+            report.load.pids().len(),
             micros(percentile(&latencies, 50.0)),
             micros(percentile(&latencies, 99.0)),
             micros(latencies.last().copied().unwrap_or(0)),
@@ -409,8 +404,8 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
     }
 
     let reports: Vec<&Report> = phases.iter().flat_map(|p| &p.run.reports).collect();
-    let failed: u64 = reports.iter().map(|r| r.failed()).sum();
-    let requests: u64 = reports.iter().map(|r| r.requests()).sum();
+    let failed: u64 = reports.iter().map(|r| r.load.failures()).sum();
+    let requests: u64 = reports.iter().map(|r| r.load.succeeded()).sum();
     let modes: Vec<&str> = reports.iter().map(|r| r.mode.name()).collect();
     println!();
     if failed == 0 && passed {
@@ -422,9 +417,9 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
         true
     } else {
         println!("FAIL: {failed} failed requests out of {requests}.");
-        for report in reports.iter().filter(|r| r.failed() > 0) {
-            println!("  {}: {}", report.mode.name(), report.failures_by_kind());
-            for example in &report.examples {
+        for report in reports.iter().filter(|r| r.load.failures() > 0) {
+            println!("  {}: {}", report.mode.name(), report.load.failures_by_kind());
+            for example in report.load.failure_samples() {
                 println!("    {example}");
             }
         }

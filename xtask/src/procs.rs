@@ -2,20 +2,19 @@
 //! upgrades into, and the lines they print.
 //!
 //! A server runs in its own process group, so that stopping it stops every generation; xtask is
-//! a child subreaper, so that old generations orphaned by their parents are reaped by it. Each
+//! a child subreaper, so that old generations orphaned by their parents are reaped by it. Both
+//! are graceful-testing's process supervision (`graceful_testing::process`), as the tests'. Each
 //! line a server prints on stdout is kept with the instant it was read, which is what handover
 //! times are measured from.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
+use graceful_testing::process::Group;
 
 /// The longest any single step (a build aside) may take before a task gives up.
 pub(crate) const STEP: Duration = Duration::from_secs(30);
@@ -69,10 +68,11 @@ impl Line {
     }
 }
 
-/// A server and every generation it upgrades into, in one process group.
+/// A server and every generation it upgrades into, in one process group; killed and reaped when
+/// dropped.
 #[derive(Debug)]
 pub(crate) struct Server {
-    leader: Child,
+    group: Group,
     lines: Arc<(Mutex<Vec<Line>>, Condvar)>,
     log: PathBuf,
 }
@@ -81,16 +81,16 @@ impl Server {
     /// Starts `binary` with `args`, its stderr going to `log`.
     pub(crate) fn start(binary: &Path, args: &[&str], log: &Path) -> Result<Server, String> {
         let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut leader = Command::new(binary)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let stdout = leader.stdout.take().expect("stdout is piped");
+        let mut group = Group::spawn(
+            Command::new(binary)
+                .args(args)
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log_file),
+        )
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let stdout = group.leader().stdout.take().expect("stdout is piped");
         let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let shared = lines.clone();
         std::thread::spawn(move || {
@@ -102,7 +102,7 @@ impl Server {
             }
         });
         Ok(Server {
-            leader,
+            group,
             lines,
             log: log.to_owned(),
         })
@@ -147,41 +147,10 @@ impl Server {
         })
     }
 
-    /// Sends `signal` to one generation.
-    pub(crate) fn signal(pid: u32, signal: Signal) -> Result<(), String> {
-        kill(Pid::from_raw(pid as i32), signal).map_err(|e| format!("{signal} to {pid}: {e}"))
-    }
-
     /// SIGTERM to the whole group, then SIGKILL to whatever is left after 10 s, and reaps
     /// everything.
-    pub(crate) fn stop(mut self) {
-        let group = self.leader.id() as i32;
-        let _ = killpg(Pid::from_raw(group), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && reap_one(group) {}
-        let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
-        while reap_one(group) {}
-        let _ = self.leader.try_wait();
-    }
-}
-
-/// Reaps one process of the group if one has ended; false when none is left.
-fn reap_one(pgid: i32) -> bool {
-    let mut status = 0;
-    // SAFETY: waitpid writes into a local.
-    let pid = unsafe { nix::libc::waitpid(-pgid, &mut status, nix::libc::WNOHANG) };
-    if pid == 0 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    pid >= 0
-}
-
-/// Makes this process the reaper of its orphaned descendants: an old generation whose parent
-/// has exited becomes our child, and [`Server::stop`] reaps it.
-pub(crate) fn become_subreaper() {
-    // SAFETY: prctl with integer arguments.
-    unsafe {
-        nix::libc::prctl(nix::libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    pub(crate) fn stop(self) {
+        self.group.stop(Duration::from_secs(10));
     }
 }
 

@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::load::{Load, LoadReport};
 use crate::monitor::{Generation, Lineage, Monitor};
 use crate::output::{Output, TAIL_LINES};
+use crate::process;
 use crate::sys;
 
 /// The variable that tells a re-executed test binary that it is the server.
@@ -152,7 +153,7 @@ impl Builder {
     /// became ready without taking the harness's listener; [`Error::Io`] if the harness cannot
     /// set itself up.
     pub async fn start(self) -> Result<Harness> {
-        sys::become_subreaper().map_err(|e| Error::io("becoming the child subreaper", e))?;
+        process::become_subreaper().map_err(|e| Error::io("becoming the child subreaper", e))?;
         let listener = std::net::TcpListener::bind(self.listen)
             .map_err(|e| Error::io(format!("binding the listener on {}", self.listen), e))?;
         let addr = listener
@@ -376,7 +377,7 @@ impl Harness {
             (lineage.current, lineage.failures.len())
         };
         let began = Instant::now();
-        sys::signal(from, Signal::SIGHUP)
+        process::signal(from, Signal::SIGHUP)
             .map_err(|e| Error::io(format!("sending SIGHUP to pid {from}"), e))?;
         let waited = format!("pid {from} to report the outcome of its upgrade");
         self.wait_for(&waited, |lineage| {
@@ -415,7 +416,7 @@ impl Harness {
     /// [`Error::Timeout`] if a generation is still alive after the timeout.
     pub async fn stop(&self) -> Result<Vec<Generation>> {
         let pid = self.pid();
-        match sys::signal(pid, Signal::SIGTERM) {
+        match process::signal(pid, Signal::SIGTERM) {
             Ok(()) => {}
             // Ended already: there is nothing to stop, only to wait for.
             Err(err) if err.raw_os_error() == Some(nix::libc::ESRCH) => {}
@@ -549,7 +550,7 @@ impl Harness {
     /// Once the server failed to start: kills what is left of it and waits briefly for its
     /// output to end, so that the error shows its last lines.
     async fn last_words(&self) -> String {
-        sys::kill_group(self.pgid);
+        process::kill_group(self.pgid);
         let mut changes = self.output.subscribe();
         let _ = tokio::time::timeout(LAST_WORDS, async {
             while !self.output.is_closed() {
@@ -568,15 +569,15 @@ impl Drop for Harness {
         for task in &self.tasks {
             task.abort();
         }
-        sys::kill_group(self.pgid);
+        process::kill_group(self.pgid);
         // A successor still starting leads a group of its own, with whatever it started.
         let starting = sys::starting_successors(self.pgid);
         for &pgid in &starting {
-            sys::kill_group(pgid);
+            process::kill_group(pgid);
         }
-        sys::reap_group(self.pgid, REAP);
+        process::reap_group(self.pgid, REAP);
         for pgid in starting {
-            sys::reap_group(pgid, REAP);
+            process::reap_group(pgid, REAP);
         }
         if std::thread::panicking() {
             eprintln!(

@@ -67,6 +67,7 @@ mod harness;
 pub mod load;
 mod monitor;
 mod output;
+pub mod process;
 mod sys;
 
 pub use error::{Error, Result};

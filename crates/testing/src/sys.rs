@@ -1,4 +1,5 @@
-//! The platform doorway: signals, reaping, pidfds and pipes, each turned into `io::Result`.
+//! The platform doorway of the harness: reaping single processes, pidfds and pipes, each turned
+//! into `io::Result`. Process groups, signals and the subreaper are in [`crate::process`].
 //!
 //! The harness is the parent of the first generation only. Later generations are started by
 //! the server itself; the harness makes itself a child subreaper, so that a generation whose
@@ -14,31 +15,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::libc;
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
-
-/// Makes this process the reaper of its orphaned descendants. Process-wide and idempotent.
-pub(crate) fn become_subreaper() -> io::Result<()> {
-    // SAFETY: prctl with integer arguments only.
-    let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Sends `signal` to process `pid`.
-pub(crate) fn signal(pid: u32, signal: Signal) -> io::Result<()> {
-    kill(as_pid(pid), signal).map_err(io::Error::from)
-}
-
-/// Kills every process of group `pgid`; a group that has gone is not an error.
-pub(crate) fn kill_group(pgid: u32) {
-    match killpg(as_pid(pgid), Signal::SIGKILL) {
-        Ok(()) | Err(Errno::ESRCH) => {}
-        Err(err) => tracing::warn!(pgid, %err, "cannot kill the server's process group"),
-    }
-}
 
 /// The process groups of successors still starting on behalf of group `pgid`: graceful starts
 /// each new generation in a group of its own, which joins its parent's group (announced to it
@@ -55,23 +33,6 @@ pub(crate) fn starting_successors(pgid: u32) -> Vec<u32> {
                 .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == marker.as_bytes()))
         })
         .collect()
-}
-
-/// Reaps every process of group `pgid` as it ends, until none is left or `timeout` runs out.
-/// For use once the group has been killed: it polls, because members that are not yet our
-/// children become ours only when their parent exits.
-pub(crate) fn reap_group(pgid: u32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        // 0: members are alive but none has ended; -1: none is our child (yet).
-        let mut status = 0;
-        // SAFETY: waitpid writes the status into a local.
-        while unsafe { libc::waitpid(-(pgid as libc::pid_t), &mut status, libc::WNOHANG) } > 0 {}
-        if killpg(as_pid(pgid), None).is_err() || Instant::now() >= deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// What became of a process that has ended.

@@ -374,8 +374,8 @@ impl<T> LoadReport<T> {
     }
 
     /// When the load started: [`Timing`]s are relative to it.
-    pub fn epoch(&self) -> Instant {
-        self.epoch
+    pub fn epoch(&self) -> std::time::Instant {
+        self.epoch.into_std()
     }
 
     /// From the start of the load to the moment it was told to stop.
