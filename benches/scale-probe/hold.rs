@@ -5,7 +5,8 @@
 //! It opens N connections to A, at most [`CONNECTING`] at a time; with `--hello true` each
 //! sends `hello` and waits for the echo, so the server has accepted and served it. Then it
 //! prints `held connections=… failed=…` and waits, counting how each connection ends: a clean
-//! end of file, a reset, another error. When all have ended, after `--hold-seconds` (default
+//! end of file, or a failure of the load engine's taxonomy (`graceful_testing::load::Failure`):
+//! a reset, or another kind. When all have ended, after `--hold-seconds` (default
 //! 120), or when its stdin closes, it prints `closed clean=… reset=… other=… open=…` and exits.
 
 use std::io;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use graceful_testing::load::Failure;
 use tokio::time::Instant;
 
 use crate::STEP;
@@ -34,13 +36,8 @@ enum Event {
     Ended(End),
 }
 
-/// How a held connection ended.
-#[derive(Debug)]
-enum End {
-    Clean,
-    Reset,
-    Other,
-}
+/// How a held connection ended: a clean end of file, or a failure.
+type End = Result<(), Failure>;
 
 #[derive(Debug, Default)]
 struct Tally {
@@ -60,9 +57,9 @@ impl Tally {
                 self.failed += 1;
                 self.first_error.get_or_insert(error);
             }
-            Event::Ended(End::Clean) => self.clean += 1,
-            Event::Ended(End::Reset) => self.reset += 1,
-            Event::Ended(End::Other) => self.other += 1,
+            Event::Ended(Ok(())) => self.clean += 1,
+            Event::Ended(Err(Failure::Reset)) => self.reset += 1,
+            Event::Ended(Err(_)) => self.other += 1,
         }
     }
 
@@ -171,10 +168,9 @@ async fn end(mut conn: BufReader<TcpStream>) -> End {
     let mut sink = [0; 256];
     loop {
         match conn.read(&mut sink).await {
-            Ok(0) => return End::Clean,
+            Ok(0) => return Ok(()),
             Ok(_) => {}
-            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => return End::Reset,
-            Err(_) => return End::Other,
+            Err(err) => return Err(Failure::from_io(&err)),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! - Each [`Process`] is a process group of its own, with every server generation it upgrades
 //!   into. Dropping it (a finished probe, an error, a panic) kills the group and reaps it. The
 //!   probe is a child subreaper, so generations orphaned by their parent's exit become its
-//!   children and are reaped too, not left as zombies.
+//!   children and are reaped too, not left as zombies. Both are graceful-testing's process
+//!   supervision (`graceful_testing::process`), as the tests' and xtask's.
 //! - A role's stdin is a pipe whose write end only the probe holds. A role that reads end of
 //!   file there (the probe is done with it, or has gone, even by SIGKILL) stops, so nothing
 //!   outlives the probe.
@@ -15,19 +16,15 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::str::FromStr;
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
+use graceful_testing::process::{self, Group, Signal};
 use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::waitpid;
-use nix::unistd::Pid;
 
 /// This binary, resolved once: the probe starts itself in its roles.
 static SELF_EXE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -35,8 +32,7 @@ static SELF_EXE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 /// Makes this process the reaper of the generations its servers leave behind, and resolves
 /// the path of this binary before anything could replace it.
 pub(crate) fn prepare() -> Result<(), String> {
-    nix::sys::prctl::set_child_subreaper(true)
-        .map_err(|e| format!("cannot become a child subreaper: {e}"))?;
+    process::become_subreaper().map_err(|e| format!("cannot become a child subreaper: {e}"))?;
     self_exe().map(|_| ())
 }
 
@@ -111,25 +107,26 @@ impl Report {
 #[derive(Debug)]
 pub(crate) struct Process {
     name: String,
-    leader: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<Report>,
     /// Lines read while waiting for another one.
     unclaimed: Vec<Report>,
+    /// Last, so that it is dropped after `stdin` is closed.
+    group: Group,
 }
 
 impl Process {
     /// Starts this binary with `args` (a role and its flags); `name` is for error messages.
     pub(crate) fn start(name: &str, args: &[String]) -> Result<Process, String> {
-        let mut leader = Command::new(self_exe()?)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start the {name}: {e}"))?;
-        let stdin = leader.stdin.take();
-        let stdout = leader.stdout.take().expect("stdout is piped");
+        let mut group = Group::spawn(
+            Command::new(self_exe()?)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        )
+        .map_err(|e| format!("cannot start the {name}: {e}"))?;
+        let stdin = group.leader().stdin.take();
+        let stdout = group.leader().stdout.take().expect("stdout is piped");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -140,10 +137,10 @@ impl Process {
         });
         Ok(Process {
             name: name.to_owned(),
-            leader,
             stdin,
             lines,
             unclaimed: Vec::new(),
+            group,
         })
     }
 
@@ -186,37 +183,20 @@ impl Process {
 
     /// Sends `signal` to `pid`, one process of this group.
     pub(crate) fn signal(&self, pid: u32, signal: Signal) -> Result<(), String> {
-        let pid = i32::try_from(pid).map_err(|_| format!("pid {pid} is out of range"))?;
-        kill(Pid::from_raw(pid), signal)
+        process::signal(pid, signal)
             .map_err(|e| format!("cannot send {signal} to the {} (pid {pid}): {e}", self.name))
     }
 
     /// Reaps the processes of this group that have ended, without waiting.
-    pub(crate) fn reap_ended(&self) {
-        let group = self.group();
-        while let Ok(status) = waitpid(
-            Pid::from_raw(-group.as_raw()),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        ) {
-            if status == nix::sys::wait::WaitStatus::StillAlive {
-                break;
-            }
-        }
-    }
-
-    fn group(&self) -> Pid {
-        Pid::from_raw(self.leader.id() as i32)
+    pub(crate) fn reap_ended(&mut self) {
+        self.group.reap_ended();
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // The role sees end of file and stops; the group, dropped next, is killed and reaped.
         self.stdin.take();
-        let group = self.group();
-        let _ = killpg(group, Signal::SIGKILL);
-        // Blocks only until the group, killed, has been reaped: ECHILD when none is left.
-        while let Ok(_) | Err(Errno::EINTR) = waitpid(Pid::from_raw(-group.as_raw()), None) {}
-        let _ = self.leader.try_wait();
     }
 }
 

@@ -136,6 +136,7 @@ impl Run {
         if first {
             self.live.settle();
         }
+        self.live.finish();
         (self.client, record)
     }
 

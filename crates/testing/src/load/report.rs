@@ -164,8 +164,9 @@ pub struct Live {
     latest_pid: AtomicU32,
     answering: AtomicUsize,
     settled: AtomicUsize,
+    finished: AtomicUsize,
     pids: Mutex<BTreeSet<u32>>,
-    /// Woken at each milestone: a client's first exchange, its first answer, a new pid.
+    /// Woken at each milestone: a client's first exchange, its first answer, a new pid, its end.
     milestone: Notify,
 }
 
@@ -205,8 +206,14 @@ impl Live {
         self.settled.load(Ordering::SeqCst)
     }
 
+    /// Clients that have ended: stopped, or out of time or exchanges.
+    pub fn finished(&self) -> usize {
+        self.finished.load(Ordering::SeqCst)
+    }
+
     /// Waits until `done` is true of these counters; it is checked at once and at each
-    /// milestone (a client's first exchange, its first answer, a pid seen for the first time),
+    /// milestone (a client's first exchange, its first answer, a pid seen for the first time,
+    /// a client's end),
     /// so it should ask about those. Unbounded: wrap it in a timeout. Cancel safe.
     pub async fn wait_until(&self, mut done: impl FnMut(&Live) -> bool) {
         loop {
@@ -249,6 +256,11 @@ impl Live {
 
     pub(super) fn settle(&self) {
         self.settled.fetch_add(1, Ordering::SeqCst);
+        self.milestone.notify_waiters();
+    }
+
+    pub(super) fn finish(&self) {
+        self.finished.fetch_add(1, Ordering::SeqCst);
         self.milestone.notify_waiters();
     }
 }
