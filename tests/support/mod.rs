@@ -4,7 +4,8 @@
 //! upgrades them and sees each generation end. On top of it, [`Server`] gives each a PID file
 //! and checks what the examples promise scripts: each generation prints `ready pid=…
 //! generation=… addr=…` when it serves and `exited pid=… open_at_start=… abandoned=…
-//! outcome=…` when it has drained. [`Client`] runs the `echo-client` example.
+//! outcome=…` when it has drained. [`Client`] runs the `echo-client` example (killed on drop by
+//! tokio; it is a direct child and starts nothing, so it needs no process group).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use graceful::testing::{Generation, Harness};
+use graceful::testing::{Generation, Harness, process};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -212,11 +213,7 @@ impl Client {
     /// Stops the client (SIGINT: each connection finishes its line) and returns its summary.
     pub async fn finish(mut self) -> Summary {
         let pid = self.child.id().expect("the client runs");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .expect("SIGINT the client");
+        process::signal(pid, process::Signal::SIGINT).expect("SIGINT the client");
         let line = self.wait_line("lines=").await;
         let status = self.child.wait().await.expect("wait for the client");
         let summary = Summary(

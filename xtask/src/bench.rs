@@ -53,6 +53,9 @@ const MODES: [Mode; 2] = [Mode::KeepAlive, Mode::Short];
 const UPGRADING_RATIO_TARGET: f64 = 0.99;
 const ACCEPT_OVERHEAD_TARGET: f64 = 0.02;
 const HANDOVER_OVERHEAD_TARGET: Duration = Duration::from_millis(5);
+/// Linux's minimum delayed-ACK timeout, in µs: the stall a small write behind unacknowledged
+/// data waits for under Nagle's algorithm.
+const DELAYED_ACK_US: u64 = 40_000;
 
 pub(crate) fn run(options: &Options) -> Result<bool, String> {
     let bin = procs::build_release(&["graceful-examples", "graceful-benches"])?;
@@ -549,16 +552,20 @@ impl Figures {
             options.duration
         );
         println!();
-        println!("| load | requests | req/s (median of rounds) | p50 | p99 | max |");
-        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
         println!(
-            "| {} | {} | {:.0} | {} | {} | {} |",
+            "| load | requests | req/s (median of rounds) | p50 | p99 | p99.9 | max | requests ≥ 40 ms |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             Mode::H2.describe(),
             h2.len(),
             median(&self.h2.iter().map(|r| r.load.throughput()).collect::<Vec<_>>()),
             micros(percentile(&h2, 50.0)),
             micros(percentile(&h2, 99.0)),
+            micros(percentile(&h2, 99.9)),
             micros(h2.last().copied().unwrap_or(0)),
+            h2.len() - h2.partition_point(|&us| us < DELAYED_ACK_US),
         );
 
         if !self.scale.is_empty() {
@@ -646,6 +653,7 @@ impl Figures {
                 })
             })
             .collect();
+        let h2 = self.h2_latencies();
         json!({
             "options": {
                 "duration_s": options.duration.as_secs_f64(),
@@ -662,10 +670,12 @@ impl Figures {
             },
             "h2_latency_ms": {
                 "connections": demo::connections(Mode::H2),
-                "requests": self.h2_latencies().len(),
-                "p50": percentile(&self.h2_latencies(), 50.0) as f64 / 1e3,
-                "p99": percentile(&self.h2_latencies(), 99.0) as f64 / 1e3,
-                "max": self.h2_latencies().last().copied().unwrap_or(0) as f64 / 1e3,
+                "requests": h2.len(),
+                "p50": percentile(&h2, 50.0) as f64 / 1e3,
+                "p99": percentile(&h2, 99.0) as f64 / 1e3,
+                "p99_9": percentile(&h2, 99.9) as f64 / 1e3,
+                "max": h2.last().copied().unwrap_or(0) as f64 / 1e3,
+                "requests_40ms_or_more": h2.len() - h2.partition_point(|&us| us < DELAYED_ACK_US),
             },
             "scale": self.scale,
             "failed": self.failed(),
