@@ -57,6 +57,14 @@
 //! global state, except that the harness makes the test process a child subreaper (generations
 //! whose parent has exited become its children, so their exit status can be collected). Linux
 //! only.
+//!
+//! # The engines, on their own
+//!
+//! The clients and the supervision are usable without a harness: [`load`] runs the clients
+//! against any address ([`Load::start`]) with live counters and latency timings, and
+//! [`process`] starts a server in a process group of its own and kills and reaps it. graceful's
+//! `cargo xtask demo` and `bench`, its `echo-client` example and its `scale-probe` use them, so
+//! that a failure is counted the same way everywhere.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
