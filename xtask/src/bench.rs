@@ -560,7 +560,13 @@ impl Figures {
             "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             Mode::H2.describe(),
             h2.len(),
-            median(&self.h2.iter().map(|r| r.load.throughput()).collect::<Vec<_>>()),
+            median(
+                &self
+                    .h2
+                    .iter()
+                    .map(|r| r.load.throughput())
+                    .collect::<Vec<_>>()
+            ),
             micros(percentile(&h2, 50.0)),
             micros(percentile(&h2, 99.0)),
             micros(percentile(&h2, 99.9)),

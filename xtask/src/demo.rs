@@ -418,7 +418,11 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
     } else {
         println!("FAIL: {failed} failed requests out of {requests}.");
         for report in reports.iter().filter(|r| r.load.failures() > 0) {
-            println!("  {}: {}", report.mode.name(), report.load.failures_by_kind());
+            println!(
+                "  {}: {}",
+                report.mode.name(),
+                report.load.failures_by_kind()
+            );
             for example in report.load.failure_samples() {
                 println!("    {example}");
             }

@@ -135,13 +135,8 @@ impl Group {
         let _ = self.leader.try_wait();
         let mut status = 0;
         // SAFETY: waitpid writes the status into a local.
-        while unsafe {
-            libc::waitpid(
-                -(self.pgid() as libc::pid_t),
-                &mut status,
-                libc::WNOHANG,
-            )
-        } > 0
+        while unsafe { libc::waitpid(-(self.pgid() as libc::pid_t), &mut status, libc::WNOHANG) }
+            > 0
         {}
     }
 

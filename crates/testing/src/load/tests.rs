@@ -98,10 +98,9 @@ async fn half_an_answer_is_torn_and_an_error_status_is_counted() {
     let half = serve("HTTP/1.1 200 OK\r\ncontent-length: 14\r\n\r\nhello").await;
     let report = load(Client::ShortHttp, half.addr).await;
     assert!(report.failures_of(Failure::Torn) > 0, "{report}");
-    let error = serve(
-        "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
-    )
-    .await;
+    let error =
+        serve("HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+            .await;
     let report = load(Client::ShortHttp, error.addr).await;
     assert!(report.failures_of(Failure::Status) > 0, "{report}");
     assert_eq!(report.failures(), report.failures_of(Failure::Status));
