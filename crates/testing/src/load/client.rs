@@ -270,6 +270,8 @@ impl Run {
             Ok(Some(response)) => response,
             // The connection closed before the request was written: the server never saw it.
             Ok(None) => return Exchange::Reconnect,
+            // The server said, with a graceful GOAWAY, that it did not process this stream.
+            Err(err) if refused_by_goaway(&err) => return Exchange::Reconnect,
             Err(err) => return failed_hyper(&err, "request", Failure::Empty),
         };
         let status = response.status();
@@ -393,6 +395,22 @@ fn sent(
         Err(err) if err.message().is_some() => Ok(None),
         Err(err) => Err(err.into_error()),
     }
+}
+
+/// Whether an HTTP/2 request failed because the server's graceful GOAWAY (`NO_ERROR`) did not
+/// cover it: h2 fails that way the streams above the GOAWAY's last stream id, and any stream
+/// opened after it, and the server processed none of them (RFC 9113, section 6.8). The race is
+/// between the GOAWAY and a request sent right after `ready()`; a stream the server did take
+/// that the connection then fails ends with another error.
+fn refused_by_goaway(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// `hello from 4242` → 4242.

@@ -21,8 +21,10 @@
 //! A connection the server ends between two exchanges is a *reconnect*, not a failure: the
 //! server said it was done before it was asked anything more, so nothing was lost. That is a
 //! response carrying `Connection: close`; a kept connection found closed (cleanly) before the
-//! next request; an HTTP/2 GOAWAY; a request that hyper hands back unsent because its
-//! connection closed first (`TrySendError::message()`); a line session closed right after an
+//! next request; an HTTP/2 GOAWAY, and a request it refused (a graceful GOAWAY, `NO_ERROR`,
+//! whose last stream id is below the request's: the server did not process it); a request
+//! that hyper hands back unsent because its connection closed first
+//! (`TrySendError::message()`); a line session closed right after an
 //! answer, before the server read the next line (that line is sent again on a new connection).
 //!
 //! # Failures
