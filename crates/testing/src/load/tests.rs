@@ -184,3 +184,72 @@ async fn stopping_waits_for_no_more_than_the_exchange_in_flight() {
     assert_eq!(report.succeeded(), 0);
     assert_eq!(report.failures(), report.failures_of(Failure::Timeout));
 }
+
+/// A minimal HTTP/2 server, in raw frames: on each connection it answers stream 1 with
+/// `hello from 5`, and meets the next request with a graceful GOAWAY (`NO_ERROR`) whose last
+/// stream id is 1, so that request was not processed; then it closes.
+async fn serve_h2_refusing_the_second_request() -> Server {
+    const SETTINGS: u8 = 4;
+    const HEADERS: u8 = 1;
+    const DATA: u8 = 0;
+    const GOAWAY: u8 = 7;
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend([kind, flags]);
+        frame.extend(stream.to_be_bytes());
+        frame.extend(payload);
+        frame
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut preface = [0; 24];
+                conn.read_exact(&mut preface).await?;
+                conn.write_all(&frame(SETTINGS, 0, 0, &[])).await?;
+                loop {
+                    let mut head = [0; 9];
+                    conn.read_exact(&mut head).await?;
+                    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                    let stream =
+                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & !(1 << 31);
+                    let mut payload = vec![0; len];
+                    conn.read_exact(&mut payload).await?;
+                    match head[3] {
+                        SETTINGS if head[4] & 1 == 0 => {
+                            conn.write_all(&frame(SETTINGS, 1, 0, &[])).await?;
+                        }
+                        HEADERS if stream == 1 => {
+                            // `:status: 200` is entry 8 of HPACK's static table; END_HEADERS,
+                            // then the body with END_STREAM.
+                            conn.write_all(&frame(HEADERS, 4, 1, &[0x88])).await?;
+                            conn.write_all(&frame(DATA, 1, 1, b"hello from 5")).await?;
+                        }
+                        HEADERS => {
+                            let mut goaway = 1u32.to_be_bytes().to_vec();
+                            goaway.extend(0u32.to_be_bytes());
+                            conn.write_all(&frame(GOAWAY, 0, 0, &goaway)).await?;
+                            conn.shutdown().await?;
+                            let mut rest = Vec::new();
+                            conn.read_to_end(&mut rest).await?;
+                            return Ok::<_, std::io::Error>(());
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    Server { addr, task }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_refused_by_a_graceful_goaway_is_a_reconnect() {
+    let server = serve_h2_refusing_the_second_request().await;
+    let report = load(Client::H2, server.addr).await;
+    assert_eq!(report.failures(), 0, "{report}");
+    assert!(report.succeeded() > 0, "{report}");
+    assert!(report.reconnects() > 0, "{report}");
+    assert_eq!(report.pids(), &BTreeSet::from([5]));
+}
