@@ -209,6 +209,13 @@ pub(crate) fn bind_private_unix(addr: &UnixAddr, backlog: Backlog) -> io::Result
         nix::sys::stat::Mode::from_bits_truncate(0o600),
     ))?;
     cvt(socket::bind(fd.as_raw_fd(), addr))?;
+    // Elsewhere the socket's mode may not carry over to the file: restrict the file itself,
+    // after the fact.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    if let Some(path) = addr.path() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
     cvt(socket::listen(&fd, backlog))?;
     Ok(fd)
 }

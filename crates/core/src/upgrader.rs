@@ -469,7 +469,6 @@ impl Upgrader {
     /// # Errors
     ///
     /// As [`tcp_listener`](Self::tcp_listener).
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     pub fn private_unix_listener(&self, path: impl AsRef<Path>) -> Result<UnixListener> {
         let path = path.as_ref();
         let backlog = self.inner.config.backlog;
