@@ -25,6 +25,8 @@ use crate::tracked::TrackedStream;
 
 /// How long the previous generation may take to answer a rollback request.
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for its client to close too.
+const LINGER: Duration = Duration::from_secs(2);
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -100,6 +102,9 @@ async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream
     .await;
     let reply = match read {
         Ok(Ok(_)) if request.ends_with('\n') => respond(&graceful, request.trim()).await,
+        Ok(Ok(n)) if n as u64 >= MAX_LINE => {
+            format!("error the request is longer than {MAX_LINE} bytes")
+        }
         Ok(Ok(_)) => "error the request must be one line, ending with a newline".to_owned(),
         Ok(Err(err)) => format!("error cannot read the request: {err}"),
         Err(_) => format!("error no request within {REQUEST_TIMEOUT:?}"),
@@ -109,7 +114,15 @@ async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream
     if let Err(err) = stream.write_all(reply.as_bytes()).await {
         tracing::warn!(%err, "cannot answer on the control socket; the client has gone");
     }
-    let _ = stream.shutdown().await;
+    // Half-close, then read what the client still sends until it closes: closing with unread
+    // input would reset the connection and could destroy the answer before it is read.
+    if stream.shutdown().await.is_ok() {
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(LINGER, async {
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
 }
 
 async fn respond(graceful: &Graceful, request: &str) -> String {
