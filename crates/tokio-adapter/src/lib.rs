@@ -77,8 +77,8 @@ mod tracked;
 use std::path::Path;
 use std::time::Duration;
 
-pub use graceful_core::{Error, Result, Upgrader};
-pub use handle::{Builder, DrainOutcome, DrainReport, Graceful, UpgradeRequested};
+pub use graceful_core::{DrainOutcome, DrainReport, Error, Result, Upgrader};
+pub use handle::{Builder, Graceful, UpgradeRequested};
 pub use listener::{Accept, Listener, TcpListener, UnixListener};
 pub use tracked::{ConnectionGuard, TrackedStream};
 
