@@ -106,7 +106,7 @@ impl Builder {
     /// During the window this process keeps its sockets but does not accept; if the successor
     /// exits for any reason but a graceful stop, or asks for a rollback, this process serves
     /// again: it rewrites the PID file, tells the service manager it is the main pid again,
-    /// reports [`Transition::RolledBack`], and may be upgraded again. The window costs a
+    /// reports [`Transition::RolledBack`](crate::Transition::RolledBack), and may be upgraded again. The window costs a
     /// replaced process at least this long a life. It ends early when the successor stops for
     /// good, is replaced itself, or when this process stops.
     pub fn probation(mut self, window: Duration) -> Self {

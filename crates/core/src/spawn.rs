@@ -72,8 +72,8 @@ const RESET_SIGNALS: [libc::c_int; 8] = [
 
 /// The step of starting a new process that failed, in [`Error::Spawn`].
 ///
-/// The steps in the new process, between `fork` and `exec`, travel to the parent as their
-/// [`code`](Self::code) over the error pipe.
+/// The steps in the new process, between `fork` and `exec`, travel to the parent as a number
+/// over the error pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 #[repr(u32)]
