@@ -10,7 +10,6 @@
 //!   asks for anything: it is handed over to every later generation and never closed as
 //!   unclaimed.
 
-use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +21,8 @@ use crate::name::FdName;
 use crate::registry::Registry;
 use crate::report;
 use crate::spawn;
-use crate::sys::{self, Backlog};
-use crate::upgrader::{Parts, Upgrader};
+use crate::sys;
+use crate::upgrader::{Config, Parts, Upgrader};
 
 /// Set once an upgrader exists in this process: one upgrader per process, because it owns the
 /// process's inherited descriptors and its link to the parent.
@@ -106,9 +105,9 @@ impl Builder {
     /// During the window this process keeps its sockets but does not accept; if the successor
     /// exits for any reason but a graceful stop, or asks for a rollback, this process serves
     /// again: it rewrites the PID file, tells the service manager it is the main pid again,
-    /// reports [`Transition::RolledBack`](crate::Transition::RolledBack), and may be upgraded again. The window costs a
-    /// replaced process at least this long a life. It ends early when the successor stops for
-    /// good, is replaced itself, or when this process stops.
+    /// reports [`Transition::RolledBack`](crate::Transition::RolledBack), and may be upgraded
+    /// again. The window costs a replaced process at least this long a life. It ends early when
+    /// the successor stops for good, is replaced itself, or when this process stops.
     pub fn probation(mut self, window: Duration) -> Self {
         self.probation = window;
         self
@@ -170,7 +169,7 @@ impl Builder {
         upgrader
     }
 
-    fn build_inner(self, pid: u32, backlog: Backlog) -> Result<Upgrader> {
+    fn build_inner(self, pid: u32, backlog: sys::Backlog) -> Result<Upgrader> {
         let cwd = std::env::current_dir().ok();
         let executable = match self.executable {
             Some(path) => match &cwd {
@@ -234,17 +233,20 @@ impl Builder {
     }
 }
 
-/// The settings an upgrader runs with, resolved by the build.
-#[derive(Debug)]
-pub(crate) struct Config {
-    pub(crate) upgrade_timeout: Duration,
-    pub(crate) pid_file: Option<PathBuf>,
-    pub(crate) executable: PathBuf,
-    pub(crate) args: Vec<OsString>,
-    pub(crate) cwd: Option<PathBuf>,
-    pub(crate) max_generations: usize,
-    pub(crate) backlog: Backlog,
-    pub(crate) probation: Duration,
+impl Upgrader {
+    /// A builder with the default settings.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// This process's upgrader with the default settings; see [`Builder::build`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::build`].
+    pub fn new() -> Result<Upgrader> {
+        Builder::default().build()
+    }
 }
 
 /// Takes the harness's report channel if this process inherited one, and registers it so

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use crate::spawn::SpawnStage;
+use crate::stage::SpawnStage;
 
 /// A specialised `Result` for graceful-core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -26,10 +26,29 @@ use std::time::{Duration, Instant};
 use crate::event::Event;
 use crate::link::{self, Message, Reader};
 use crate::sys;
-use crate::upgrader::{Inner, Transition};
 
 /// The previous generation's answer to a rollback request: its pid, or why not.
 type RollbackAnswer = std::result::Result<u32, String>;
+
+/// The generation the watchers watch for: its identity and the transitions of its state
+/// machine, which the upgrader keeps (`upgrader.rs`). The watchers decide when; the generation
+/// decides whether.
+pub(crate) trait Generation: Send + Sync + 'static {
+    fn pid(&self) -> u32;
+    fn parent_pid(&self) -> Option<u32>;
+    fn lineage(&self) -> &Lineage;
+    fn max_generations(&self) -> usize;
+    /// Whether `successor` is on probation, this generation able to take the service back.
+    fn on_probation_for(&self, successor: u32) -> bool;
+    /// The successor on probation, if there is one.
+    fn probation_successor(&self) -> Option<u32>;
+    /// Ends the probation of `successor`, if it is on one: this generation will not serve again.
+    fn retire(&self, successor: u32, why: &str);
+    /// Takes the service back from `successor`, on probation; or says why not.
+    fn roll_back(&self, successor: u32, reason: &str) -> Result<(), String>;
+    /// The parent took the service back and asks this generation to stop.
+    fn stop_requested(&self, by: u32);
+}
 
 /// This generation's place among the generations alive.
 #[derive(Debug)]
@@ -151,31 +170,34 @@ impl Lineage {
 }
 
 /// Starts the thread that watches the parent through `reader`, a duplicate of the link.
-pub(crate) fn start_parent_watcher(inner: Arc<Inner>, reader: OwnedFd) -> io::Result<()> {
+pub(crate) fn start_parent_watcher(
+    generation: Arc<impl Generation>,
+    reader: OwnedFd,
+) -> io::Result<()> {
     std::thread::Builder::new()
         .name("graceful-parent".into())
-        .spawn(move || watch_parent(&inner, Reader::new(reader)))
+        .spawn(move || watch_parent(&*generation, Reader::new(reader)))
         .map(drop)
 }
 
 /// Starts the thread that watches the successor `child` through its probation (until
 /// `probation_ends`), then counts the living descendants.
 pub(crate) fn start_child_watcher(
-    inner: Arc<Inner>,
+    generation: Arc<impl Generation>,
     child: u32,
     reader: Reader,
     probation_ends: Instant,
 ) -> io::Result<()> {
     std::thread::Builder::new()
         .name("graceful-child".into())
-        .spawn(move || watch_child(&inner, child, reader, probation_ends))
+        .spawn(move || watch_child(&*generation, child, reader, probation_ends))
         .map(drop)
 }
 
 /// Runs on its own thread while the parent lives: end of file on the link means it exited.
 /// The parent also answers rollback requests and, after taking the service back, asks this
 /// generation to stop.
-fn watch_parent(inner: &Inner, mut reader: Reader) {
+fn watch_parent(inner: &impl Generation, mut reader: Reader) {
     let lineage = inner.lineage();
     while let Ok(Some(message)) = reader.next() {
         match message {
@@ -188,7 +210,7 @@ fn watch_parent(inner: &Inner, mut reader: Reader) {
                     parent_pid = by,
                     "the previous generation took the service back; stopping"
                 );
-                inner.emit(&Transition::StopRequested { by });
+                inner.stop_requested(by);
             }
             _ => {}
         }
@@ -207,7 +229,7 @@ fn watch_parent(inner: &Inner, mut reader: Reader) {
 
 /// Runs on its own thread once replaced: watches the successor through its probation, then
 /// counts the living descendants.
-fn watch_child(inner: &Inner, child: u32, mut reader: Reader, probation_ends: Instant) {
+fn watch_child(inner: &impl Generation, child: u32, mut reader: Reader, probation_ends: Instant) {
     let lineage = inner.lineage();
     // Whether the successor said it stops on purpose: its exit is then no failure.
     let mut child_stopping = false;
@@ -304,7 +326,7 @@ fn watch_child(inner: &Inner, child: u32, mut reader: Reader, probation_ends: In
 }
 
 /// The oldest living generation finishes when there are too many.
-pub(crate) fn check_generations(inner: &Inner) {
+pub(crate) fn check_generations(inner: &impl Generation) {
     let lineage = inner.lineage();
     let counts = lineage.counts();
     let alive = 1 + counts.descendants;

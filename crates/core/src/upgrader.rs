@@ -12,9 +12,9 @@
 //!                        +------------ successor died, or rollback ---------+
 //! ```
 //!
-//! Probation (off unless [`Builder::probation`] sets it): the successor serves, and this
-//! generation stops accepting but keeps its sockets, able to take the service back; its two
-//! ways out, retired or rolled back, are in `upgrader/probation.rs`.
+//! Probation (off unless [`Builder::probation`](crate::Builder::probation) sets it): the
+//! successor serves, and this generation stops accepting but keeps its sockets, able to take
+//! the service back; its two ways out, retired or rolled back, are in `upgrader/probation.rs`.
 //!
 //! Stop versus upgrade: [`Upgrader::stopping`] wins. An upgrade in flight is cancelled (the new
 //! process and its process group are killed and reaped) and a probation ends at once; no later
@@ -25,16 +25,17 @@
 //! describes; the report of a successful upgrade is sent before `upgrade()` returns, so the old
 //! process cannot exit before the manager has been told which pid is the service now.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::builder::{Builder, Config};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::lineage::{self, Lineage};
+use crate::lineage::{self, Generation, Lineage};
 use crate::link::{Message, Reader};
 use crate::notify::{self, Notifier};
 use crate::pidfile;
@@ -72,6 +73,19 @@ pub(crate) struct Parts {
     pub(crate) report: report::Channel,
     /// Our end of the link to the parent, if started by an upgrade.
     pub(crate) parent_link: Option<OwnedFd>,
+}
+
+/// The settings an upgrader runs with, resolved by the build.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) upgrade_timeout: Duration,
+    pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) executable: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) cwd: Option<PathBuf>,
+    pub(crate) max_generations: usize,
+    pub(crate) backlog: sys::Backlog,
+    pub(crate) probation: Duration,
 }
 
 type Observer = Arc<dyn Fn(&Transition) + Send + Sync>;
@@ -185,20 +199,6 @@ impl Upgrader {
     /// Sends `report` to the harness that started this server, if one did.
     pub(crate) fn report(&self, report: &Report) {
         self.inner.report.send(report);
-    }
-
-    /// A builder with the default settings.
-    pub fn builder() -> Builder {
-        Builder::default()
-    }
-
-    /// This process's upgrader with the default settings; see [`Builder::build`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Builder::build`].
-    pub fn new() -> Result<Upgrader> {
-        Builder::default().build()
     }
 
     /// Reports that this process is set up and serving.
@@ -403,7 +403,7 @@ impl Upgrader {
                  the service back if the new one dies"
             );
         }
-        lineage::check_generations(inner);
+        lineage::check_generations(&**inner);
         let deadline = Instant::now() + probation;
         if let Err(err) = lineage::start_child_watcher(inner.clone(), child, reader, deadline) {
             tracing::warn!(%err, "cannot watch the new generation; its probation ends now");
@@ -469,8 +469,8 @@ impl Upgrader {
     }
 
     /// Set when more generations are alive than
-    /// [`max_generations`](Builder::max_generations) allows and this is the oldest: it should
-    /// end its remaining connections now and exit.
+    /// [`max_generations`](crate::Builder::max_generations) allows and this is the oldest: it
+    /// should end its remaining connections now and exit.
     pub fn finish_requested(&self) -> &Event {
         self.inner.lineage.finish_requested()
     }
@@ -588,24 +588,8 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn lineage(&self) -> &Lineage {
-        &self.lineage
-    }
-
     pub(crate) fn config(&self) -> &Config {
         &self.config
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    pub(crate) fn parent_pid(&self) -> Option<u32> {
-        self.parent_pid
-    }
-
-    pub(crate) fn max_generations(&self) -> usize {
-        self.config.max_generations
     }
 
     /// Starts the next generation and waits for its `ready`.
@@ -703,5 +687,46 @@ impl Inner {
         for observer in observers {
             observer(transition);
         }
+    }
+}
+
+impl Generation for Inner {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn parent_pid(&self) -> Option<u32> {
+        self.parent_pid
+    }
+
+    fn lineage(&self) -> &Lineage {
+        &self.lineage
+    }
+
+    fn max_generations(&self) -> usize {
+        self.config.max_generations
+    }
+
+    fn on_probation_for(&self, successor: u32) -> bool {
+        *self.state() == (State::Probation { successor })
+    }
+
+    fn probation_successor(&self) -> Option<u32> {
+        match *self.state() {
+            State::Probation { successor } => Some(successor),
+            _ => None,
+        }
+    }
+
+    fn retire(&self, successor: u32, why: &str) {
+        Inner::retire(self, successor, why);
+    }
+
+    fn roll_back(&self, successor: u32, reason: &str) -> std::result::Result<(), String> {
+        Inner::roll_back(self, successor, reason)
+    }
+
+    fn stop_requested(&self, by: u32) {
+        self.emit(&Transition::StopRequested { by });
     }
 }

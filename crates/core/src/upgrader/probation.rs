@@ -2,8 +2,8 @@
 //! window after its successor became ready, and its two ways out.
 //!
 //! Invariants kept here:
-//! - Off unless [`Builder::probation`](crate::Builder::probation) sets it. If the successor dies
-//!   within the window (or asks to be rolled back), this generation takes the service back:
+//! - Off unless [`Builder::probation`](crate::Builder::probation) sets it. If the successor
+//!   dies within the window (or asks to be rolled back), this generation takes the service back:
 //!   PID file, main pid (`MAINPID=` and `READY=1` to a service manager), accepting. The window
 //!   ends early when the successor stops for good (it says so on the link, so a stop is never
 //!   taken for a crash), when it is replaced itself, or when this generation stops or must
@@ -63,26 +63,13 @@ impl Upgrader {
     }
 
     /// Whether this process is on probation: replaced, but able to take the service back if
-    /// its successor dies (see [`Builder::probation`]).
+    /// its successor dies (see [`Builder::probation`](crate::Builder::probation)).
     pub fn on_probation(&self) -> bool {
         matches!(*self.inner.state(), State::Probation { .. })
     }
 }
 
 impl Inner {
-    /// Whether `successor` is on probation, this generation able to take the service back.
-    pub(crate) fn on_probation_for(&self, successor: u32) -> bool {
-        *self.state() == (State::Probation { successor })
-    }
-
-    /// The successor on probation, if there is one.
-    pub(crate) fn probation_successor(&self) -> Option<u32> {
-        match *self.state() {
-            State::Probation { successor } => Some(successor),
-            _ => None,
-        }
-    }
-
     /// Ends the probation: this generation will not serve again.
     pub(crate) fn retire(&self, successor: u32, why: &str) {
         {
