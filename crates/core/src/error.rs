@@ -194,6 +194,14 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The runtime adapter's handle is not there: nothing installed it, or installing it
+    /// failed (the first error, remembered: an installation is never retried).
+    #[error("graceful is unavailable in this process: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+
     /// A system call that the upgrade machinery needs failed.
     #[error("{context}: {source}")]
     Io {

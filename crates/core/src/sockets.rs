@@ -53,6 +53,22 @@ impl Upgrader {
         .map(UnixListener::from)
     }
 
+    /// A Unix stream listener on `path` that only this user may connect to: when it is bound
+    /// now, its socket file has mode 0600 from the moment it exists (never wider, not even
+    /// briefly). For control sockets. Otherwise as [`unix_listener`](Self::unix_listener).
+    ///
+    /// # Errors
+    ///
+    /// As [`tcp_listener`](Self::tcp_listener).
+    pub fn private_unix_listener(&self, path: impl AsRef<Path>) -> Result<UnixListener> {
+        let path = path.as_ref();
+        let backlog = self.inner().config().backlog;
+        self.inherit_or_create(FdName::Unix(path.to_owned()), || {
+            sys::bind_private_unix(path, backlog)
+        })
+        .map(UnixListener::from)
+    }
+
     /// A Unix stream listener in the abstract namespace (Linux), named `name` without the
     /// leading NUL, inherited or bound now.
     ///

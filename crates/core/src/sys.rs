@@ -308,6 +308,34 @@ fn inet_family(addr: &SocketAddr) -> AddressFamily {
     }
 }
 
+/// A Unix stream listener at `path` whose socket file only its owner may use: mode 0600 from
+/// the moment it exists. Linux creates the file with the socket's own mode (less the umask),
+/// so the mode is set on the socket before `bind`; a chmod after `bind` would leave a window
+/// in which anyone could connect.
+pub(crate) fn bind_private_unix(path: &Path, backlog: Backlog) -> io::Result<OwnedFd> {
+    let addr = unix_path_addr(path)?;
+    let fd = cvt(socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ))?;
+    cvt(nix::sys::stat::fchmod(
+        &fd,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    ))?;
+    cvt(socket::bind(fd.as_raw_fd(), &addr))?;
+    // Elsewhere the socket's mode may not carry over to the file: restrict the file itself,
+    // after the fact.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    cvt(socket::listen(&fd, backlog))?;
+    Ok(fd)
+}
+
 /// A Unix socket address for a path.
 pub(crate) fn unix_path_addr(path: &Path) -> io::Result<UnixAddr> {
     if path.as_os_str().as_bytes().contains(&0) {
