@@ -333,3 +333,85 @@ fn matches(want: &FdName, found: &FdKind) -> bool {
         FdName::File(_) => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, UdpSocket};
+
+    use super::*;
+
+    fn tcp() -> (SocketAddr, OwnedFd) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        (listener.local_addr().unwrap(), listener.into())
+    }
+
+    fn port_zero() -> FdName {
+        FdName::Tcp("127.0.0.1:0".parse().unwrap())
+    }
+
+    fn not_created() -> std::io::Result<OwnedFd> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+
+    #[test]
+    fn port_zero_requests_take_each_inherited_listener_once_in_order() {
+        let listeners: Vec<_> = (0..3).map(|_| tcp()).collect();
+        let inherited = listeners
+            .iter()
+            .map(|(addr, fd)| {
+                let fd = sys::dup_cloexec(fd.as_fd()).unwrap();
+                (FdName::Tcp(*addr).encode(), fd)
+            })
+            .collect();
+        let mut registry = Registry::new(inherited);
+        // The second one asked for by its address first: port 0 then skips it.
+        let (_, origin) = registry
+            .inherit_or_create(FdName::Tcp(listeners[1].0), not_created)
+            .unwrap();
+        assert_eq!(origin, Origin::Inherited);
+        for expected in [listeners[0].0, listeners[2].0] {
+            let (fd, origin) = registry
+                .inherit_or_create(port_zero(), not_created)
+                .unwrap();
+            assert_eq!(origin, Origin::Inherited);
+            let FdKind::Socket(info) = sys::describe(fd.as_fd()).unwrap() else {
+                panic!("not a socket");
+            };
+            assert_eq!(info.local, Local::Inet(expected));
+        }
+        assert!(matches!(
+            registry.inherit_or_create(port_zero(), not_created),
+            Err(Error::Create { .. })
+        ));
+        let (names, _) = registry.handover();
+        assert_eq!(names.len(), 3);
+    }
+
+    #[test]
+    fn a_mismatch_is_put_back_and_found_again() {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = udp.local_addr().unwrap();
+        let lie = FdName::Tcp(SocketAddr::new(addr.ip(), addr.port())).encode();
+        let mut registry = Registry::new(vec![(lie, udp.into())]);
+        for _ in 0..2 {
+            assert!(matches!(
+                registry.inherit_or_create(port_zero(), not_created),
+                Err(Error::Mismatch { .. })
+            ));
+        }
+        assert_eq!(registry.close_unclaimed().len(), 1);
+    }
+
+    #[test]
+    fn a_name_is_registered_once() {
+        let (addr, fd) = tcp();
+        let mut registry = Registry::new(vec![(FdName::Tcp(addr).encode(), fd)]);
+        registry
+            .inherit_or_create(FdName::Tcp(addr), not_created)
+            .unwrap();
+        assert!(matches!(
+            registry.inherit_or_create(FdName::Tcp(addr), not_created),
+            Err(Error::AlreadyRegistered { .. })
+        ));
+    }
+}

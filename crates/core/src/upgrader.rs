@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     registry: Mutex<Registry>,
     lineage: Lineage,
     notifier: Notifier,
+    /// This process's end of the harness's report channel, claimed at build; inert unless a
+    /// harness started the server.
     report: report::Channel,
     replaced: Event,
 }
