@@ -7,9 +7,10 @@
 //!   generations alive stay one chain that the oldest can count; not one whose parent took the
 //!   service back (a rollback), which serves on.
 
-use std::fmt;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use graceful_core::{DrainOutcome, DrainReport};
 
 use crate::handle::Graceful;
 
@@ -39,12 +40,7 @@ impl Graceful {
         if outcome == DrainOutcome::Drained && !self.inner.taken_back.load(Ordering::SeqCst) {
             self.outlive_parent(deadline).await;
         }
-        let report = DrainReport {
-            open_at_start,
-            abandoned: tracker.len(),
-            outcome,
-            elapsed: started.elapsed(),
-        };
+        let report = DrainReport::new(open_at_start, tracker.len(), outcome, started.elapsed());
         if report.abandoned == 0 {
             tracing::info!(pid = std::process::id(), %report, "drained");
         } else {
@@ -55,10 +51,7 @@ impl Graceful {
             ));
         }
         // Inert unless a test harness started this server.
-        let outcome = format!("{:?}", report.outcome);
-        self.inner
-            .upgrader
-            .report_drained(report.open_at_start, report.abandoned, &outcome);
+        graceful_core::harness::report_drained(&self.inner.upgrader, &report);
         report
     }
 
@@ -84,60 +77,5 @@ impl Graceful {
             () = self.inner.finish.cancelled() => {}
             () = tokio::time::sleep_until(deadline) => {}
         }
-    }
-}
-
-/// What [`Graceful::drain`] saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DrainReport {
-    /// Tracked connections open when the drain began.
-    pub open_at_start: usize,
-    /// Tracked connections still open when it ended.
-    pub abandoned: usize,
-    /// Why it ended.
-    pub outcome: DrainOutcome,
-    /// How long it took.
-    pub elapsed: Duration,
-}
-
-impl DrainReport {
-    pub(crate) fn empty() -> DrainReport {
-        DrainReport {
-            open_at_start: 0,
-            abandoned: 0,
-            outcome: DrainOutcome::Drained,
-            elapsed: Duration::ZERO,
-        }
-    }
-}
-
-/// Why a drain ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DrainOutcome {
-    /// Every tracked connection closed.
-    Drained,
-    /// The timeout ran out.
-    Deadline,
-    /// Too many generations were alive, or a second stop signal came.
-    CutShort,
-}
-
-impl fmt::Display for DrainReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let why = match self.outcome {
-            DrainOutcome::Drained => "all connections closed",
-            DrainOutcome::Deadline => "deadline reached",
-            DrainOutcome::CutShort => "cut short",
-        };
-        write!(
-            f,
-            "{} of {} connections closed in {:?} ({why}), {} abandoned",
-            self.open_at_start.saturating_sub(self.abandoned),
-            self.open_at_start,
-            self.elapsed,
-            self.abandoned
-        )
     }
 }

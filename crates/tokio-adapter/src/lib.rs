@@ -82,8 +82,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use builder::Builder;
-pub use drain::{DrainOutcome, DrainReport};
-pub use graceful_core::{Error, Result, Upgrader};
+pub use graceful_core::{DrainOutcome, DrainReport, Error, Result, Upgrader};
 pub use handle::{Graceful, UpgradeRequested};
 pub use listener::{Accept, Listener, TcpListener, UnixListener};
 pub use tracked::{ConnectionGuard, TrackedStream};
