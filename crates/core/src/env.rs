@@ -161,7 +161,18 @@ pub(crate) fn announced(
     let generation = match text(&var, GENERATION)? {
         None if link_fd.is_some() => 2,
         None => 1,
-        Some(value) => parse(GENERATION, &value, "is not a generation number")?,
+        Some(value) => {
+            let generation: u64 = parse(GENERATION, &value, "is not a generation number")?;
+            // 0 is no generation, and the last number would leave none for the next one.
+            if generation == 0 || generation == u64::MAX {
+                return Err(bad(
+                    GENERATION,
+                    &value,
+                    "is not a generation number from 1 to 18446744073709551614",
+                ));
+            }
+            generation
+        }
     };
 
     let pgid = match text(&var, PGID)? {
@@ -400,6 +411,29 @@ mod tests {
         assert_eq!(got.link_fd, Some(5));
         assert_eq!(got.generation, 7);
         assert_eq!(got.pgid, Some(40));
+    }
+
+    #[test]
+    fn a_generation_leaves_room_for_the_next_one() {
+        for value in ["0", "18446744073709551615"] {
+            let pairs = [("LISTEN_PID", "42"), ("GRACEFUL_GENERATION", value)];
+            let vars = env(&pairs);
+            assert_eq!(
+                message(announced(vars, 42)),
+                format!(
+                    "GRACEFUL_GENERATION={value:?} is not a generation number from 1 to \
+                     18446744073709551614"
+                )
+            );
+        }
+        let vars = env(&[
+            ("LISTEN_PID", "42"),
+            ("GRACEFUL_GENERATION", "18446744073709551614"),
+        ]);
+        assert_eq!(
+            announced(vars, 42).unwrap().unwrap().generation,
+            u64::MAX - 1
+        );
     }
 
     #[test]
