@@ -175,16 +175,18 @@ async fn serve(config: Config, start: Start) -> Result<(), String> {
     // ecdysis calls the closure only when it has no inherited listener for this address: in
     // the first generation, which hands over the listener it bound already.
     let mut incoming = builder
-        .build_listen_tcp(StopOnShutdown::Yes, start.addr, move |socket, addr| {
-            match bound.take() {
+        .build_listen_tcp(
+            StopOnShutdown::Yes,
+            start.addr,
+            move |socket, addr| match bound.take() {
                 Some(listener) => Ok(listener),
                 None => {
                     socket.bind(&addr.into())?;
                     socket.listen(1024)?;
                     Ok(socket.into())
                 }
-            }
-        })
+            },
+        )
         .map_err(|e| format!("cannot listen on {}: {e}", start.addr))?;
 
     // hyper-util's graceful shutdown, as its documentation shows it: every connection watched,
