@@ -129,12 +129,7 @@ impl Drop for Group {
         // The leader first (std may have reaped it already), then every member, reparented
         // here as its parent died: waiting on the group ends with ECHILD once none is left.
         let _ = self.leader.wait();
-        loop {
-            match waitpid(Pid::from_raw(-group.as_raw()), None) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(_) => break,
-            }
-        }
+        while let Ok(_) | Err(Errno::EINTR) = waitpid(Pid::from_raw(-group.as_raw()), None) {}
     }
 }
 
