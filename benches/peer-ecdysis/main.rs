@@ -48,6 +48,8 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 const USAGE: &str =
     "usage: peer-ecdysis [--addr 127.0.0.1:8080] [--pid-file PATH] [--drain-timeout 30s]";
 
+/// The `listen(2)` backlog, as tokio's `TcpListener::bind` and graceful set it.
+const BACKLOG: i32 = 1024;
 /// The generation of the process that set it; its successor adds one.
 const GENERATION_VAR: &str = "PEER_ECDYSIS_GENERATION";
 /// The address the first generation's listener got; every successor asks ecdysis for it.
@@ -138,6 +140,11 @@ fn start(addr: &str) -> Result<Start, String> {
         Err(_) => {
             let listener = std::net::TcpListener::bind(addr)
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            // The backlog of tokio's and graceful's listeners (std's is smaller); on Linux a
+            // second listen() sets it on a listening socket.
+            let backlog = nix::sys::socket::Backlog::new(BACKLOG).expect("a valid backlog");
+            nix::sys::socket::listen(&listener, backlog)
+                .map_err(|e| format!("cannot set the backlog of {addr} to {BACKLOG}: {e}"))?;
             let local = listener
                 .local_addr()
                 .map_err(|e| format!("cannot read the listener's address: {e}"))?;
@@ -182,7 +189,7 @@ async fn serve(config: Config, start: Start) -> Result<(), String> {
                 Some(listener) => Ok(listener),
                 None => {
                     socket.bind(&addr.into())?;
-                    socket.listen(1024)?;
+                    socket.listen(BACKLOG)?;
                     Ok(socket.into())
                 }
             },
