@@ -250,6 +250,12 @@ async fn a_stop_during_an_upgrade_cancels_it_and_a_second_stop_ends_the_drain() 
     server
         .wait_log("stopping during an upgrade: cancelling it")
         .await;
+    assert!(
+        !server
+            .output()
+            .contains("upgrade failed; this generation keeps serving"),
+        "a stopping process does not claim to keep serving"
+    );
 
     // Stopping, but the stuck connection holds the drain; a second stop ends it.
     assert!(alive(old));
@@ -289,4 +295,37 @@ async fn a_generation_whose_readiness_fails_drops_no_connection() {
     assert!(report.succeeded() > 0, "{report}");
     assert_eq!(server.pid(), old);
     assert_eq!(answered_by(&server).await, old);
+}
+
+/// The previous generation dies while the new binary (a wrapper script) is still starting: the
+/// new generation then has the test process as its parent (a subreaper), but it still names its
+/// real predecessor, read from the link's peer credentials rather than from getppid().
+#[tokio::test]
+async fn a_new_generation_names_its_real_parent_even_after_it_died() {
+    let bin = tempfile::tempdir().unwrap();
+    let path = bin.path().join("echo-server");
+    let real = bin.path().join("echo-server.real");
+    std::fs::copy(ECHO_SERVER, &path).unwrap();
+    std::fs::copy(ECHO_SERVER, &real).unwrap();
+    let server = Server::start(path.to_str().unwrap(), &["--upgrade-timeout", "60s"]).await;
+    let old = server.pid();
+
+    let waiting = bin.path().join("waiting");
+    let wrapper = bin.path().join("wrapper");
+    // Waits until its parent has gone, then becomes the real server.
+    script(
+        &wrapper,
+        &format!(
+            "touch {waiting}\nwhile kill -0 {old} 2>/dev/null; do sleep 0.02; done\nexec {real} \"$@\"\n",
+            waiting = waiting.display(),
+            real = real.display(),
+        ),
+    );
+    std::fs::rename(&wrapper, &path).unwrap();
+    kill(Pid::from_raw(old as i32), Signal::SIGHUP).unwrap();
+    eventually("the wrapper to start", || waiting.exists()).await;
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    server
+        .wait_log(&format!("parent_pid={old} generation=2"))
+        .await;
 }

@@ -341,6 +341,17 @@ fn the_upgrade_command_reports_the_new_pid_or_the_reason() {
     );
     assert_eq!(http_get(gen1.addr, "/"), format!("hello from {}", gen4.pid));
 
+    // A request far longer than a line: a clear answer, read whole, not a reset.
+    let mut abuse = std::os::unix::net::UnixStream::connect(&control).unwrap();
+    abuse
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    abuse.write_all(&[b'x'; 10_000]).unwrap();
+    abuse.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    abuse.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "error the request is longer than 4096 bytes\n");
+
     // Nothing listening there: a clear error, not a hang.
     let nowhere = run_upgrade_command(&dir.path().join("nowhere.sock"));
     assert_eq!(nowhere.status.code(), Some(1));

@@ -40,10 +40,8 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::{Mutex, PoisonError};
-
-use nix::fcntl::FdFlag;
 
 use crate::error::{Error, Result};
 use crate::spawn::FIRST_FD;
@@ -163,7 +161,18 @@ pub(crate) fn announced(
     let generation = match text(&var, GENERATION)? {
         None if link_fd.is_some() => 2,
         None => 1,
-        Some(value) => parse(GENERATION, &value, "is not a generation number")?,
+        Some(value) => {
+            let generation: u64 = parse(GENERATION, &value, "is not a generation number")?;
+            // 0 is no generation, and the last number would leave none for the next one.
+            if generation == 0 || generation == u64::MAX {
+                return Err(bad(
+                    GENERATION,
+                    &value,
+                    "is not a generation number from 1 to 18446744073709551614",
+                ));
+            }
+            generation
+        }
     };
 
     let pgid = match text(&var, PGID)? {
@@ -276,10 +285,9 @@ pub(crate) fn take(announced: Announced) -> Result<Inherited> {
     }
     if let Some(fd) = announced.link_fd {
         check_inherited(LINK_FD, &fd.to_string(), fd)?;
-        // SAFETY: fd is open (checked above); it is only borrowed to inspect it.
-        let link = unsafe { BorrowedFd::borrow_raw(fd) };
-        match sys::describe(link) {
-            Ok(sys::FdKind::Socket(_)) => {}
+        // Inspected by number: it is not ours until every announced descriptor is checked.
+        match sys::file_type(fd) {
+            Ok(sys::FileType::Socket) => {}
             Ok(found) => {
                 return Err(Error::Environment {
                     var: LINK_FD,
@@ -292,9 +300,7 @@ pub(crate) fn take(announced: Announced) -> Result<Inherited> {
     }
 
     for fd in listed.clone().chain(announced.link_fd) {
-        // SAFETY: fd is open (checked above); it is only borrowed to set its flag.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        sys::set_cloexec(borrowed).map_err(|e| Error::io("setting FD_CLOEXEC", e))?;
+        sys::set_cloexec_raw(fd).map_err(|e| Error::io("setting FD_CLOEXEC", e))?;
     }
     // Each fd is open, was inherited (it survived exec: FD_CLOEXEC was clear), the environment
     // hands it to this very process (LISTEN_PID matched), and `take_once` lets nothing else in
@@ -321,14 +327,14 @@ pub(crate) fn take(announced: Announced) -> Result<Inherited> {
 /// Checks that `fd`, announced by `var=value`, is open and was inherited: a descriptor that
 /// survived exec has FD_CLOEXEC clear.
 fn check_inherited(var: &'static str, value: &str, fd: RawFd) -> Result<()> {
-    match sys::fd_flags(fd) {
+    match sys::fd_cloexec(fd) {
         None => Err(Error::InheritedFdMissing { var, fd }),
-        Some(flags) if flags.contains(FdFlag::FD_CLOEXEC) => Err(Error::NotInherited {
+        Some(true) => Err(Error::NotInherited {
             var,
             value: value.to_owned(),
             fd,
         }),
-        Some(_) => Ok(()),
+        Some(false) => Ok(()),
     }
 }
 
@@ -405,6 +411,29 @@ mod tests {
         assert_eq!(got.link_fd, Some(5));
         assert_eq!(got.generation, 7);
         assert_eq!(got.pgid, Some(40));
+    }
+
+    #[test]
+    fn a_generation_leaves_room_for_the_next_one() {
+        for value in ["0", "18446744073709551615"] {
+            let pairs = [("LISTEN_PID", "42"), ("GRACEFUL_GENERATION", value)];
+            let vars = env(&pairs);
+            assert_eq!(
+                message(announced(vars, 42)),
+                format!(
+                    "GRACEFUL_GENERATION={value:?} is not a generation number from 1 to \
+                     18446744073709551614"
+                )
+            );
+        }
+        let vars = env(&[
+            ("LISTEN_PID", "42"),
+            ("GRACEFUL_GENERATION", "18446744073709551614"),
+        ]);
+        assert_eq!(
+            announced(vars, 42).unwrap().unwrap().generation,
+            u64::MAX - 1
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use crate::stage::SpawnStage;
+
 /// A specialised `Result` for graceful-core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -158,7 +160,7 @@ pub enum Error {
         /// The executable that was to be started.
         executable: PathBuf,
         /// The step that failed (`fork`, `chdir`, `execve`, …).
-        stage: &'static str,
+        stage: SpawnStage,
         /// The underlying error.
         #[source]
         source: io::Error,
@@ -192,6 +194,14 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The runtime adapter's handle is not there: nothing installed it, or installing it
+    /// failed (the first error, remembered: an installation is never retried).
+    #[error("graceful is unavailable in this process: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+
     /// A system call that the upgrade machinery needs failed.
     #[error("{context}: {source}")]
     Io {
@@ -204,6 +214,32 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the caller asked for something the upgrader cannot do in its state or with
+    /// these settings, rather than something failing: [`NotReady`](Error::NotReady),
+    /// [`UpgradeInProgress`](Error::UpgradeInProgress),
+    /// [`AlreadyReplaced`](Error::AlreadyReplaced), [`Stopping`](Error::Stopping),
+    /// [`AlreadyCreated`](Error::AlreadyCreated),
+    /// [`AlreadyRegistered`](Error::AlreadyRegistered) and
+    /// [`InvalidConfig`](Error::InvalidConfig).
+    ///
+    /// Such an error changed nothing and will happen again if the call is repeated as it is: fix
+    /// the call (or its timing), do not alert on a failed upgrade. Every other error is a
+    /// failure of the upgrade or of the system (the new process did not start or was not
+    /// ready, a system call failed, the environment was malformed), after which this process
+    /// keeps serving.
+    pub fn is_caller_mistake(&self) -> bool {
+        matches!(
+            self,
+            Error::NotReady { .. }
+                | Error::UpgradeInProgress { .. }
+                | Error::AlreadyReplaced { .. }
+                | Error::Stopping { .. }
+                | Error::AlreadyCreated { .. }
+                | Error::AlreadyRegistered { .. }
+                | Error::InvalidConfig(_)
+        )
+    }
+
     /// An [`Error::Io`]: `context` says what was being done when `source` happened. For
     /// adapters that report their own system errors as graceful errors.
     pub fn io(context: &'static str, source: impl Into<io::Error>) -> Self {
@@ -211,5 +247,59 @@ impl Error {
             context,
             source: source.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_mistakes_are_told_apart_from_failures() {
+        let mistakes = [
+            Error::NotReady { pid: 1 },
+            Error::UpgradeInProgress { pid: 1 },
+            Error::AlreadyReplaced {
+                pid: 1,
+                successor: 2,
+            },
+            Error::Stopping { pid: 1 },
+            Error::AlreadyCreated { pid: 1 },
+            Error::AlreadyRegistered { what: "x".into() },
+            Error::InvalidConfig("x".into()),
+        ];
+        for err in mistakes {
+            assert!(err.is_caller_mistake(), "{err:?}");
+        }
+        let failures = [
+            Error::Timeout {
+                pid: 2,
+                timeout: Duration::from_secs(1),
+            },
+            Error::UpgradeCancelled { pid: 1 },
+            Error::Spawn {
+                executable: "/x".into(),
+                stage: SpawnStage::Execve,
+                source: io::ErrorKind::NotFound.into(),
+            },
+            Error::io("x", io::ErrorKind::Other),
+        ];
+        for err in failures {
+            assert!(!err.is_caller_mistake(), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_spawn_error_names_the_step_as_before() {
+        let err = Error::Spawn {
+            executable: "/srv/app".into(),
+            stage: SpawnStage::Execve,
+            source: io::Error::from_raw_os_error(2),
+        };
+        assert!(
+            err.to_string()
+                .starts_with("cannot start /srv/app: execve failed: No such file"),
+            "{err}"
+        );
     }
 }

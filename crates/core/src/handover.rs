@@ -21,15 +21,13 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::SockType;
-
-use crate::env;
 use crate::error::{Error, Result};
-use crate::link::{Message, Reader};
+use crate::link::Reader;
 use crate::name::{self, FdName};
 use crate::report;
-use crate::spawn::{self, FIRST_FD};
-use crate::sys::{self, FdKind, Local};
+use crate::spawn::Setup;
+use crate::successor::{self, Next};
+use crate::sys::{self, FdKind, Local, SockType};
 
 /// How long the started process may take to reach `execve`.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +45,7 @@ const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use graceful_core::Handover;
+/// use graceful_core::harness::Handover;
 ///
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
 /// let addr = listener.local_addr()?;
@@ -135,7 +133,7 @@ impl Handover {
     }
 
     /// Hands over the end of a datagram socket on which the started process, and every
-    /// generation after it, sends [`Report`](crate::Report)s: each upgrade's outcome, each
+    /// generation after it, sends [`Report`](crate::harness::Report)s: each upgrade's outcome, each
     /// drain's end, each descriptor it did not adopt. Read them from the other end.
     pub fn report(self, socket: UnixDatagram) -> Self {
         self.file(report::NAME, socket)
@@ -199,38 +197,22 @@ impl Handover {
 
         let (ours, theirs) = sys::socketpair().map_err(|e| Error::io("creating the link", e))?;
         let count = self.fds.len();
-        let mut fds: Vec<_> = self.fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-        fds.push(theirs.as_raw_fd());
-        let mut vars: Vec<(OsString, OsString)> = self
-            .env
-            .into_iter()
-            .filter(|(key, _)| !env::ALL.iter().any(|var| key == var))
-            .collect();
-        vars.extend(
-            [
-                (env::LISTEN_FDS, count.to_string()),
-                (env::LISTEN_FDNAMES, names.join(":")),
-                (env::LINK_FD, (FIRST_FD as usize + count).to_string()),
-                (env::GENERATION, "1".to_owned()),
-            ]
-            .map(|(k, v)| (k.into(), v.into())),
-        );
-        if !self.process_group {
-            vars.push((env::PGID.into(), sys::process_group().to_string().into()));
-        }
         let mut args = vec![self.executable.clone().into_os_string()];
         args.extend(self.args);
-        let pid = spawn::spawn_with(
-            spawn::Command {
+        let pid = successor::start(
+            Next {
                 executable: &self.executable,
                 args: &args,
                 cwd: self.cwd.as_deref(),
-                env: vars,
-                env_remove: &env::ALL,
-                fds,
-            },
-            spawn::Setup {
-                stdio: [0, 1, 2].map(|i| self.stdio[i].as_ref().map(AsRawFd::as_raw_fd)),
+                env: self.env,
+                names,
+                fds: self.fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect(),
+                link: theirs.as_raw_fd(),
+                generation: 1,
+                join_our_group: !self.process_group,
+                setup: Setup {
+                    stdio: [0, 1, 2].map(|i| self.stdio[i].as_ref().map(AsRawFd::as_raw_fd)),
+                },
             },
             EXEC_TIMEOUT,
         )?;
@@ -313,33 +295,8 @@ impl Started {
     /// reaped); [`Error::Io`] if the link could not be read (killed and reaped too). Each
     /// time, everything the process started in its process group has been killed as well.
     pub fn wait_ready(mut self, timeout: Duration) -> Result<u32> {
-        let pid = self.pid;
         let deadline = Instant::now() + timeout;
-        loop {
-            match self.link.next_until(deadline) {
-                Ok(Some(Message::Ready)) => return Ok(pid),
-                Ok(Some(other)) => tracing::debug!(?other, "ignoring a message before ready"),
-                Ok(None) => {
-                    // It closed the link: it exited, or closed the descriptor, in which case
-                    // it is of no use and must not linger.
-                    sys::kill_successor(pid);
-                    return Err(match sys::wait_child(pid) {
-                        Ok(status) => Error::ChildExited { pid, status },
-                        Err(e) => Error::io("reaping the process that exited early", e),
-                    });
-                }
-                Err(err) => {
-                    sys::kill_successor(pid);
-                    if let Err(e) = sys::wait_child(pid) {
-                        tracing::warn!(pid, %e, "cannot reap the killed process");
-                    }
-                    return Err(if err.kind() == std::io::ErrorKind::TimedOut {
-                        Error::Timeout { pid, timeout }
-                    } else {
-                        Error::io("reading from the started process", err)
-                    });
-                }
-            }
-        }
+        successor::wait_ready(&mut self.link, self.pid, deadline, timeout, || {})?;
+        Ok(self.pid)
     }
 }

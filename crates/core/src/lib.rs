@@ -61,32 +61,40 @@
 //! # Playing the previous generation
 //!
 //! A test harness or a supervisor can start a server the way an upgrade would, with sockets it
-//! bound itself, and wait until the server is ready: see [`Handover`]. A server it starts so
-//! reports the outcome of each upgrade back to it ([`Report`]).
+//! bound itself, and wait until the server is ready: see [`harness::Handover`]. A server it
+//! starts so reports the outcome of each upgrade back to it ([`harness::Report`]).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![cfg(unix)]
 
 mod alert;
+mod builder;
+mod drain;
 mod env;
 mod error;
 mod event;
 mod handover;
+pub mod harness;
+mod lineage;
 mod link;
 mod name;
 mod notify;
 mod pidfile;
 mod registry;
 mod report;
+mod sockets;
 mod spawn;
+mod stage;
+mod successor;
 mod sys;
 mod upgrader;
 
 #[doc(hidden)]
 pub use alert::alert;
+pub use builder::Builder;
+pub use drain::{DrainOutcome, DrainReport};
 pub use error::{Error, Result};
 pub use event::Event;
-pub use handover::{Handover, Started};
-pub use report::Report;
-pub use upgrader::{Builder, Transition, Upgrader};
+pub use stage::SpawnStage;
+pub use upgrader::{Transition, Upgrader};

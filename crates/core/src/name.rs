@@ -17,7 +17,7 @@ use std::path::PathBuf;
 pub(crate) const MAX_LEN: usize = 255;
 
 /// What a handed-over descriptor is, and so what it is called.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum FdName {
     Tcp(SocketAddr),
     Udp(SocketAddr),
@@ -31,7 +31,7 @@ pub(crate) enum FdName {
 }
 
 /// What a listener asked for by name must be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Listening {
     Tcp,
     Unix,

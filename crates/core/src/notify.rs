@@ -28,7 +28,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
-use nix::time::{ClockId, clock_gettime};
+use crate::sys;
 
 pub(crate) const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
@@ -105,11 +105,8 @@ pub(crate) fn one_line(status: &str) -> String {
 
 /// `CLOCK_MONOTONIC` in microseconds, the clock systemd compares `MONOTONIC_USEC=` with.
 fn monotonic_usec() -> u64 {
-    match clock_gettime(ClockId::CLOCK_MONOTONIC) {
-        Ok(now) => now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000,
-        // Cannot fail for CLOCK_MONOTONIC on Linux; 0 would only make systemd ignore the time.
-        Err(_) => 0,
-    }
+    // Cannot fail for CLOCK_MONOTONIC on Linux; 0 would only make systemd ignore the time.
+    sys::monotonic_usec().unwrap_or(0)
 }
 
 /// `/path` or `@abstract`, as systemd writes it.

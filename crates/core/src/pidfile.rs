@@ -13,13 +13,13 @@
 //! - [`remove_if_ours`] reads the file with `O_NOFOLLOW|O_NONBLOCK` and only a regular file
 //!   is removed, so a symlink (or a FIFO) planted there is left alone.
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, Permissions};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::libc;
+use crate::sys;
 
 /// Readable by everyone, as nginx does: deploy scripts often run as another user.
 const MODE: u32 = 0o644;
@@ -64,13 +64,7 @@ fn create_temporary(path: &Path, pid: u32) -> io::Result<(File, PathBuf)> {
         tmp_name.push(file_name);
         tmp_name.push(format!(".{pid}.{:016x}.tmp", unpredictable()));
         let tmp = path.with_file_name(tmp_name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(MODE)
-            .open(&tmp)
-        {
+        match sys::create_new_nofollow(&tmp, MODE) {
             Ok(file) => return Ok((file, tmp)),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => last = Some(err),
             Err(err) => return Err(err),
@@ -98,15 +92,11 @@ fn unpredictable() -> u64 {
 /// Removes the PID file if it still names `pid`; a successor's PID file is left alone, and so
 /// is anything at `path` that is not a regular file (a symlink is not followed).
 pub(crate) fn remove_if_ours(path: &Path, pid: u32) -> io::Result<bool> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(file) => file,
+    let file = match sys::open_nofollow(path) {
+        Ok(Some(file)) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
-        // ELOOP: a symlink sits there; it is not the file graceful wrote.
-        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+        // A symlink sits there; it is not the file graceful wrote.
+        Ok(None) => {
             tracing::debug!(path = %path.display(), "the PID file is a symlink; left alone");
             return Ok(false);
         }

@@ -13,20 +13,37 @@
 //!   another duplicate, so dropping a listener in the application never closes the socket that
 //!   the next generation is about to inherit.
 //! - Inherited descriptors nobody asked for are closed when this process becomes ready.
+//! - Registering N descriptors costs O(N): inherited entries are indexed once, by their
+//!   encoded name and, for a request on port 0, by protocol and IP; the registered names are
+//!   a set. A server handing over thousands of listeners upgrades in linear time.
 
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-
-use nix::sys::socket::SockType;
 
 use crate::error::{Error, Result};
 use crate::name::{FdName, Listening};
-use crate::sys::{self, FdKind, Local};
+use crate::sys::{self, FdKind, Local, SockType};
 
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     inherited: Vec<Inherited>,
+    /// Indices into `inherited` by encoded name, in order.
+    by_name: HashMap<String, Vec<usize>>,
+    /// Indices into `inherited` of our TCP and UDP names, by protocol and IP, for requests on
+    /// port 0, with how many at the front have been claimed already.
+    by_ip: HashMap<(Protocol, IpAddr), (Vec<usize>, usize)>,
+    /// Indices into `inherited` of names that are not ours (passed by a service manager).
+    foreign: Vec<usize>,
     handover: Vec<(FdName, OwnedFd)>,
+    /// The names in `handover`.
+    registered: HashSet<FdName>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Protocol {
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug)]
@@ -38,18 +55,35 @@ struct Inherited {
 
 impl Registry {
     pub(crate) fn new(inherited: Vec<(String, OwnedFd)>) -> Registry {
-        let inherited = inherited
-            .into_iter()
-            .map(|(name, fd)| Inherited {
-                decoded: FdName::decode(&name),
+        let mut registry = Registry::default();
+        for (index, (name, fd)) in inherited.into_iter().enumerate() {
+            let decoded = FdName::decode(&name);
+            match &decoded {
+                Some(FdName::Tcp(addr)) => registry.index_ip(Protocol::Tcp, addr, index),
+                Some(FdName::Udp(addr)) => registry.index_ip(Protocol::Udp, addr, index),
+                Some(_) => {}
+                None => registry.foreign.push(index),
+            }
+            registry
+                .by_name
+                .entry(name.clone())
+                .or_default()
+                .push(index);
+            registry.inherited.push(Inherited {
+                decoded,
                 name,
                 fd: Some(fd),
-            })
-            .collect();
-        Registry {
-            inherited,
-            handover: Vec::new(),
+            });
         }
+        registry
+    }
+
+    fn index_ip(&mut self, protocol: Protocol, addr: &SocketAddr, index: usize) {
+        self.by_ip
+            .entry((protocol, addr.ip()))
+            .or_default()
+            .0
+            .push(index);
     }
 
     /// Returns the inherited descriptor for `want`, checked, or `create`s a new one; registers
@@ -93,7 +127,7 @@ impl Registry {
     }
 
     fn refuse_registered(&self, want: &FdName) -> Result<()> {
-        if self.handover.iter().any(|(name, _)| name == want) {
+        if self.registered.contains(want) {
             return Err(Error::AlreadyRegistered {
                 what: want.to_string(),
             });
@@ -104,6 +138,7 @@ impl Registry {
     fn register(&mut self, name: FdName, fd: OwnedFd) -> Result<OwnedFd> {
         self.refuse_registered(&name)?;
         let mine = sys::dup_cloexec(fd.as_fd()).map_err(|e| Error::io("duplicating fd", e))?;
+        self.registered.insert(name.clone());
         self.handover.push((name, mine));
         Ok(fd)
     }
@@ -111,11 +146,15 @@ impl Registry {
     /// Finds and checks the inherited descriptor for `want`, taking it out of the inherited set;
     /// returns it with the name it will be handed over under.
     fn claim(&mut self, want: &FdName) -> Result<Option<(FdName, OwnedFd)>> {
-        let wanted = want.encode();
         let by_name = self
-            .inherited
-            .iter()
-            .position(|i| i.fd.is_some() && i.name == wanted)
+            .by_name
+            .get(&want.encode())
+            .and_then(|indices| {
+                indices
+                    .iter()
+                    .copied()
+                    .find(|&i| self.inherited[i].fd.is_some())
+            })
             .or_else(|| self.port_zero_match(want));
         let Some(index) = by_name else {
             return self.claim_foreign(want);
@@ -152,12 +191,12 @@ impl Registry {
         if matches!(want, FdName::File(_) | FdName::Passed(..)) {
             return Ok(None);
         }
-        let found = self.inherited.iter().position(|i| {
-            i.decoded.is_none()
-                && i.fd
-                    .as_ref()
-                    .and_then(|fd| sys::describe(fd.as_fd()).ok())
-                    .is_some_and(|found| matches(want, &found))
+        let found = self.foreign.iter().copied().find(|&index| {
+            self.inherited[index]
+                .fd
+                .as_ref()
+                .and_then(|fd| sys::describe(fd.as_fd()).ok())
+                .is_some_and(|found| matches(want, &found))
         });
         let Some(fd) = found.and_then(|index| self.inherited[index].fd.take()) else {
             return Ok(None);
@@ -182,25 +221,34 @@ impl Registry {
 
     /// A listener asked for on port 0 was recorded under the port the kernel chose; the next
     /// generation, asking for port 0 again, gets the first unclaimed one on the same IP.
-    fn port_zero_match(&self, want: &FdName) -> Option<usize> {
-        let (FdName::Tcp(addr) | FdName::Udp(addr)) = want else {
-            return None;
+    ///
+    /// The claimed entries at the front of the IP's list are skipped once and for all: a
+    /// claimed descriptor never comes back (a mismatch puts it back before it counts as
+    /// claimed).
+    fn port_zero_match(&mut self, want: &FdName) -> Option<usize> {
+        let (protocol, addr) = match want {
+            FdName::Tcp(addr) => (Protocol::Tcp, addr),
+            FdName::Udp(addr) => (Protocol::Udp, addr),
+            _ => return None,
         };
         if addr.port() != 0 {
             return None;
         }
-        self.inherited.iter().position(|i| {
-            i.fd.is_some()
-                && match (&i.decoded, want) {
-                    (Some(FdName::Tcp(got)), FdName::Tcp(_))
-                    | (Some(FdName::Udp(got)), FdName::Udp(_)) => got.ip() == addr.ip(),
-                    _ => false,
-                }
-        })
+        let (indices, claimed) = self.by_ip.get_mut(&(protocol, addr.ip()))?;
+        while let Some(&index) = indices.get(*claimed) {
+            if self.inherited[index].fd.is_some() {
+                return Some(index);
+            }
+            *claimed += 1;
+        }
+        None
     }
 
     /// Closes the inherited descriptors that were never asked for; returns their names.
     pub(crate) fn close_unclaimed(&mut self) -> Vec<(String, RawFd)> {
+        self.by_name.clear();
+        self.by_ip.clear();
+        self.foreign.clear();
         self.inherited
             .drain(..)
             .filter_map(|i| i.fd.map(|fd| (i.name, fd.as_raw_fd())))
@@ -218,6 +266,7 @@ impl Registry {
     /// Closes this process's copies once the next generation holds the descriptors.
     pub(crate) fn release(&mut self) {
         self.handover.clear();
+        self.registered.clear();
     }
 }
 
@@ -282,5 +331,87 @@ fn matches(want: &FdName, found: &FdKind) -> bool {
             stream_listener && matches!(&info.local, Local::UnixAbstract(n) if n == name)
         }
         FdName::File(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, UdpSocket};
+
+    use super::*;
+
+    fn tcp() -> (SocketAddr, OwnedFd) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        (listener.local_addr().unwrap(), listener.into())
+    }
+
+    fn port_zero() -> FdName {
+        FdName::Tcp("127.0.0.1:0".parse().unwrap())
+    }
+
+    fn not_created() -> std::io::Result<OwnedFd> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+
+    #[test]
+    fn port_zero_requests_take_each_inherited_listener_once_in_order() {
+        let listeners: Vec<_> = (0..3).map(|_| tcp()).collect();
+        let inherited = listeners
+            .iter()
+            .map(|(addr, fd)| {
+                let fd = sys::dup_cloexec(fd.as_fd()).unwrap();
+                (FdName::Tcp(*addr).encode(), fd)
+            })
+            .collect();
+        let mut registry = Registry::new(inherited);
+        // The second one asked for by its address first: port 0 then skips it.
+        let (_, origin) = registry
+            .inherit_or_create(FdName::Tcp(listeners[1].0), not_created)
+            .unwrap();
+        assert_eq!(origin, Origin::Inherited);
+        for expected in [listeners[0].0, listeners[2].0] {
+            let (fd, origin) = registry
+                .inherit_or_create(port_zero(), not_created)
+                .unwrap();
+            assert_eq!(origin, Origin::Inherited);
+            let FdKind::Socket(info) = sys::describe(fd.as_fd()).unwrap() else {
+                panic!("not a socket");
+            };
+            assert_eq!(info.local, Local::Inet(expected));
+        }
+        assert!(matches!(
+            registry.inherit_or_create(port_zero(), not_created),
+            Err(Error::Create { .. })
+        ));
+        let (names, _) = registry.handover();
+        assert_eq!(names.len(), 3);
+    }
+
+    #[test]
+    fn a_mismatch_is_put_back_and_found_again() {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = udp.local_addr().unwrap();
+        let lie = FdName::Tcp(SocketAddr::new(addr.ip(), addr.port())).encode();
+        let mut registry = Registry::new(vec![(lie, udp.into())]);
+        for _ in 0..2 {
+            assert!(matches!(
+                registry.inherit_or_create(port_zero(), not_created),
+                Err(Error::Mismatch { .. })
+            ));
+        }
+        assert_eq!(registry.close_unclaimed().len(), 1);
+    }
+
+    #[test]
+    fn a_name_is_registered_once() {
+        let (addr, fd) = tcp();
+        let mut registry = Registry::new(vec![(FdName::Tcp(addr).encode(), fd)]);
+        registry
+            .inherit_or_create(FdName::Tcp(addr), not_created)
+            .unwrap();
+        assert!(matches!(
+            registry.inherit_or_create(FdName::Tcp(addr), not_created),
+            Err(Error::AlreadyRegistered { .. })
+        ));
     }
 }

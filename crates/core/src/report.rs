@@ -3,10 +3,10 @@
 //! reading the server's output.
 //!
 //! Inert unless the process inherited a descriptor named [`NAME`], which
-//! [`Handover::report`](crate::Handover::report) hands over: nothing in production passes one,
-//! and a process without it sends nothing. The descriptor is claimed when the upgrader is built,
-//! so it is handed over to every later generation with the listeners and never closed as
-//! unclaimed.
+//! [`Handover::report`](crate::harness::Handover::report) hands over: nothing in production
+//! passes one, and a process without it sends nothing. The descriptor is claimed when the
+//! upgrader is built, so it is handed over to every later generation with the listeners and
+//! never closed as unclaimed; the upgrader owns this process's end ([`Channel`]).
 //!
 //! The channel is a Unix datagram socket shared by every generation; each message is one
 //! datagram of text, so messages from several processes never interleave:
@@ -17,30 +17,29 @@
 //! - `upgrade-failed <pid> <reason>`: the upgrade failed; this process keeps serving.
 //! - `rolled-back <pid> <successor> <reason>`: the successor failed during its probation (or
 //!   asked for a rollback); this process serves again.
-//! - `drained <pid> <open_at_start> <abandoned> <outcome>`: the drain ended (sent by runtime
-//!   adapters through [`Upgrader::report_drained`]).
+//! - `drained <pid> <open_at_start> <abandoned> <outcome> <elapsed_us>`: the drain ended (sent
+//!   by runtime adapters through [`report_drained`](crate::harness::report_drained)); `outcome`
+//!   is the [`DrainOutcome`]'s wire name. A sender that predates `elapsed_us` leaves it out; it
+//!   reads as zero.
 //!
 //! Messages are sent without blocking: if the harness does not read, they are dropped, and the
 //! server is never slowed down.
+//!
+//! This module is a leaf: it knows the messages and the channel, not the upgrader.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::OnceLock;
+use std::time::Duration;
 
+use crate::drain::{DrainOutcome, DrainReport};
 use crate::error::Error;
 use crate::name::FdName;
-use crate::registry::Registry;
 use crate::sys;
-use crate::upgrader::Upgrader;
 
 /// The name under which the report channel is handed over, as a named file.
 pub(crate) const NAME: &str = "graceful-report";
 
 /// The longest reason sent; a datagram must stay well below the socket's buffer.
 const MAX_REASON: usize = 4096;
-
-/// This process's end of the channel, if a harness passed one. One upgrader per process, so one
-/// channel.
-static CHANNEL: OnceLock<OwnedFd> = OnceLock::new();
 
 /// What a generation tells the harness that started the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,12 +81,8 @@ pub enum Report {
     Drained {
         /// The drained process.
         pid: u32,
-        /// Connections open when the drain began.
-        open_at_start: usize,
-        /// Connections still open when it ended.
-        abandoned: usize,
-        /// Why it ended, as the adapter names it (`Drained`, `Deadline`, `CutShort`).
-        outcome: String,
+        /// How the drain ended, as the process's runtime adapter saw it.
+        drain: DrainReport,
     },
 }
 
@@ -124,12 +119,14 @@ impl Report {
                 let mut fields = rest.split(' ');
                 let open_at_start = fields.next()?.parse().ok()?;
                 let abandoned = fields.next()?.parse().ok()?;
-                let outcome = fields.next()?.to_owned();
+                let outcome = DrainOutcome::from_wire_name(fields.next()?)?;
+                let elapsed = match fields.next() {
+                    Some(micros) => Duration::from_micros(micros.parse().ok()?),
+                    None => Duration::ZERO,
+                };
                 Report::Drained {
                     pid,
-                    open_at_start,
-                    abandoned,
-                    outcome,
+                    drain: DrainReport::new(open_at_start, abandoned, outcome, elapsed),
                 }
             }
             _ => return None,
@@ -146,51 +143,52 @@ impl Report {
                 successor,
                 reason,
             } => format!("rolled-back {pid} {successor} {}", one_line(reason)),
-            Report::Drained {
-                pid,
-                open_at_start,
-                abandoned,
-                outcome,
-            } => format!("drained {pid} {open_at_start} {abandoned} {outcome}"),
+            Report::Drained { pid, drain } => format!(
+                "drained {pid} {} {} {} {}",
+                drain.open_at_start,
+                drain.abandoned,
+                drain.outcome.wire_name(),
+                u64::try_from(drain.elapsed.as_micros()).unwrap_or(u64::MAX)
+            ),
         }
     }
 }
 
-/// Takes the report channel if this process inherited one, and registers it so that the next
-/// generation inherits it too. Called once, when the upgrader is built.
-pub(crate) fn claim(registry: &mut Registry) {
-    let not_inherited = || Err(std::io::ErrorKind::NotFound.into());
-    match registry.inherit_or_create(FdName::File(NAME.to_owned()), not_inherited) {
-        Ok((fd, _)) => {
-            tracing::debug!("reporting upgrade outcomes to the harness that started this server");
-            let _ = CHANNEL.set(fd);
+/// This process's end of the report channel, owned by its upgrader: inert unless a harness
+/// passed one.
+#[derive(Debug, Default)]
+pub(crate) struct Channel {
+    fd: Option<OwnedFd>,
+}
+
+impl Channel {
+    /// A channel that sends on `fd`, the descriptor inherited under [`NAME`]; `None` sends
+    /// nothing.
+    pub(crate) fn new(fd: Option<OwnedFd>) -> Channel {
+        Channel { fd }
+    }
+
+    /// Sends `report` if a harness listens; never blocks, never fails.
+    pub(crate) fn send(&self, report: &Report) {
+        let Some(fd) = &self.fd else {
+            return;
+        };
+        if let Err(err) = sys::send_datagram(fd.as_fd(), report.encode().as_bytes()) {
+            tracing::debug!(%err, ?report, "cannot report to the harness");
         }
-        // Not started by a harness: the normal case.
-        Err(Error::Create { .. }) => {}
-        Err(err) => tracing::warn!(%err, "cannot take the harness's report channel"),
     }
-}
 
-/// Sends `report` if a harness listens; never blocks, never fails.
-pub(crate) fn send(report: &Report) {
-    let Some(channel) = CHANNEL.get() else {
-        return;
-    };
-    if let Err(err) = sys::send_datagram(channel.as_fd(), report.encode().as_bytes()) {
-        tracing::debug!(%err, ?report, "cannot report to the harness");
+    /// `unclaimed`, for an inherited descriptor closed at `ready()`; names it for humans.
+    pub(crate) fn unclaimed(&self, pid: u32, name: &str) {
+        let what = FdName::decode(name).map_or_else(|| format!("{name:?}"), |n| n.to_string());
+        self.send(&Report::Unclaimed { pid, what });
     }
-}
 
-/// `unclaimed`, for an inherited descriptor closed at `ready()`; names it for humans.
-pub(crate) fn unclaimed(pid: u32, name: &str) {
-    let what = FdName::decode(name).map_or_else(|| format!("{name:?}"), |n| n.to_string());
-    send(&Report::Unclaimed { pid, what });
-}
-
-/// `upgrade-failed`, with the error's message.
-pub(crate) fn upgrade_failed(pid: u32, err: &Error) {
-    let reason = one_line(&err.to_string());
-    send(&Report::UpgradeFailed { pid, reason });
+    /// `upgrade-failed`, with the error's message.
+    pub(crate) fn upgrade_failed(&self, pid: u32, err: &Error) {
+        let reason = one_line(&err.to_string());
+        self.send(&Report::UpgradeFailed { pid, reason });
+    }
 }
 
 /// A message on one line, cut at a character boundary to at most [`MAX_REASON`] bytes.
@@ -204,26 +202,6 @@ fn one_line(message: &str) -> String {
         line.truncate(end);
     }
     line
-}
-
-impl Upgrader {
-    /// Tells the test harness that started this server, if one did, how the drain ended: how
-    /// many connections were open when it began, how many were abandoned, and why it ended
-    /// (`outcome`, one word). For runtime adapters, which call it at the end of their drain;
-    /// does nothing in a server not started by a harness.
-    pub fn report_drained(&self, open_at_start: usize, abandoned: usize, outcome: &str) {
-        let outcome = if outcome.is_empty() || outcome.contains(char::is_whitespace) {
-            "Other"
-        } else {
-            outcome
-        };
-        send(&Report::Drained {
-            pid: self.pid(),
-            open_at_start,
-            abandoned,
-            outcome: outcome.to_owned(),
-        });
-    }
 }
 
 #[cfg(test)]
@@ -252,9 +230,7 @@ mod tests {
             },
             Report::Drained {
                 pid: 7,
-                open_at_start: 3,
-                abandoned: 1,
-                outcome: "Deadline".into(),
+                drain: DrainReport::new(3, 1, DrainOutcome::Deadline, Duration::from_micros(1500)),
             },
         ];
         for report in reports {
@@ -272,11 +248,33 @@ mod tests {
             b"upgraded x 8",
             b"upgraded 7 eight",
             b"drained 7 1",
+            b"drained 7 1 0 Finished",
+            b"drained 7 1 0 Drained soon",
             b"\xff\xfe",
             b"",
         ] {
             assert_eq!(Report::decode(foreign), None, "{foreign:?}");
         }
+    }
+
+    #[test]
+    fn every_drain_outcome_crosses_the_channel() {
+        for outcome in DrainOutcome::ALL {
+            let report = Report::Drained {
+                pid: 7,
+                drain: DrainReport::new(2, 0, outcome, Duration::ZERO),
+            };
+            assert_eq!(Report::decode(report.encode().as_bytes()), Some(report));
+        }
+    }
+
+    #[test]
+    fn a_drain_from_before_elapsed_was_sent_reads_as_zero() {
+        let drain = DrainReport::new(3, 0, DrainOutcome::Drained, Duration::ZERO);
+        assert_eq!(
+            Report::decode(b"drained 7 3 0 Drained"),
+            Some(Report::Drained { pid: 7, drain })
+        );
     }
 
     #[test]

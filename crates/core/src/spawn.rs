@@ -44,10 +44,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
 use nix::libc::{self, c_char};
 
 use crate::error::{Error, Result};
+use crate::stage::SpawnStage;
 use crate::sys;
 
 /// The first descriptor number of the handover, as in systemd's protocol.
@@ -68,16 +68,6 @@ const RESET_SIGNALS: [libc::c_int; 8] = [
     libc::SIGUSR2,
     libc::SIGPIPE,
     libc::SIGCHLD,
-];
-
-/// The steps that can fail in the child, as reported over the error pipe.
-const STAGES: [&str; 6] = [
-    "moving descriptors",
-    "placing descriptors",
-    "closing other descriptors",
-    "chdir",
-    "execve",
-    "setpgid",
 ];
 
 /// What the next generation gets.
@@ -185,31 +175,26 @@ impl Plan {
             moves,
             scratch,
             base,
-            max_fd: max_fd(),
+            max_fd: sys::max_fd(),
         })
     }
 }
 
-/// Starts the next generation, leading a process group of its own, and waits until it has
-/// exec'd.
+/// Starts the next generation, leading a process group of its own, with the standard streams
+/// set up as `setup` says, and waits until it has exec'd.
 ///
 /// Returns the child's pid once `execve` succeeded. If a step before exec failed, the child has
 /// been reaped and the error names the step. `timeout` bounds the wait for exec.
-pub(crate) fn spawn(cmd: Command<'_>, timeout: Duration) -> Result<u32> {
-    spawn_with(cmd, Setup::default(), timeout)
-}
-
-/// [`spawn`], with the standard streams set up as `setup` says.
-pub(crate) fn spawn_with(cmd: Command<'_>, setup: Setup, timeout: Duration) -> Result<u32> {
+pub(crate) fn spawn(cmd: Command<'_>, setup: Setup, timeout: Duration) -> Result<u32> {
     let executable = cmd.executable.to_owned();
-    let spawn_error = |stage, source| Error::Spawn {
+    let spawn_error = |stage: SpawnStage, source| Error::Spawn {
         executable: executable.clone(),
         stage,
         source,
     };
-    let mut plan = Plan::new(cmd, setup).map_err(|e| spawn_error("preparing the command", e))?;
-    let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-        .map_err(|e| spawn_error("creating the error pipe", e.into()))?;
+    let mut plan = Plan::new(cmd, setup).map_err(|e| spawn_error(SpawnStage::Prepare, e))?;
+    let (err_read, err_write) =
+        sys::pipe_cloexec().map_err(|e| spawn_error(SpawnStage::ErrorPipe, e))?;
 
     // SAFETY: the child runs only `exec_child`, which calls async-signal-safe functions and
     // never returns. The plan outlives the fork in both processes.
@@ -219,7 +204,7 @@ pub(crate) fn spawn_with(cmd: Command<'_>, setup: Setup, timeout: Duration) -> R
         unsafe { exec_child(&mut plan, err_write.as_raw_fd()) }
     }
     if pid < 0 {
-        return Err(spawn_error("fork", io::Error::last_os_error()));
+        return Err(spawn_error(SpawnStage::Fork, io::Error::last_os_error()));
     }
     let pid = pid as u32;
     sys::lead_own_group(pid);
@@ -230,7 +215,7 @@ pub(crate) fn spawn_with(cmd: Command<'_>, setup: Setup, timeout: Duration) -> R
         Ok(ExecResult::Failed { stage, errno }) => {
             reap(pid);
             let mut source = io::Error::from_raw_os_error(errno);
-            if errno == libc::ENOENT && stage == "execve" && executable.exists() {
+            if errno == libc::ENOENT && stage == SpawnStage::Execve && executable.exists() {
                 // ENOENT for a file that exists: what is missing is its interpreter (#!) or
                 // its dynamic loader, and "No such file" alone would send the operator astray.
                 source = io::Error::new(
@@ -248,14 +233,14 @@ pub(crate) fn spawn_with(cmd: Command<'_>, setup: Setup, timeout: Duration) -> R
         Err(err) => {
             sys::kill_successor(pid);
             reap(pid);
-            Err(spawn_error("reading the error pipe", err))
+            Err(spawn_error(SpawnStage::ReadErrorPipe, err))
         }
     }
 }
 
 enum ExecResult {
     Exec,
-    Failed { stage: &'static str, errno: i32 },
+    Failed { stage: SpawnStage, errno: i32 },
     Stuck,
 }
 
@@ -274,12 +259,15 @@ fn read_exec_result(pipe: &OwnedFd, timeout: Duration) -> io::Result<ExecResult>
     if got == 0 {
         return Ok(ExecResult::Exec);
     }
-    let stage = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes")) as usize;
+    let code = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
     let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
-    Ok(ExecResult::Failed {
-        stage: STAGES.get(stage).copied().unwrap_or("an unknown step"),
-        errno,
-    })
+    let stage = SpawnStage::from_code(code).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the new process reported step {code}, which none is, with errno {errno}"),
+        )
+    })?;
+    Ok(ExecResult::Failed { stage, errno })
 }
 
 fn reap(pid: u32) {
@@ -313,22 +301,22 @@ unsafe fn exec_child(plan: &mut Plan, err: RawFd) -> ! {
         }
         // EACCES cannot happen before exec; EPERM only if we lead a session (we do not).
         if libc::setpgid(0, 0) < 0 {
-            fail(err, 5);
+            fail(err, SpawnStage::Setpgid);
         }
         for ((source, _), slot) in plan.moves.iter().zip(plan.scratch.iter_mut()) {
             *slot = libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, base);
             if *slot < 0 {
-                fail(err, 0);
+                fail(err, SpawnStage::MoveDescriptors);
             }
         }
         // dup2 gives the target without FD_CLOEXEC; the sources keep theirs.
         for ((_, target), moved) in plan.moves.iter().zip(plan.scratch.iter()) {
             if libc::dup2(*moved, *target) < 0 {
-                fail(err, 1);
+                fail(err, SpawnStage::PlaceDescriptors);
             }
         }
         if close_from(base, err, plan.max_fd) < 0 {
-            fail(err, 2);
+            fail(err, SpawnStage::CloseDescriptors);
         }
 
         write_pid(
@@ -338,11 +326,11 @@ unsafe fn exec_child(plan: &mut Plan, err: RawFd) -> ! {
 
         if let Some(cwd) = &plan.cwd {
             if libc::chdir(cwd.as_ptr()) < 0 {
-                fail(err, 3);
+                fail(err, SpawnStage::Chdir);
             }
         }
         libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
-        fail(err, 4)
+        fail(err, SpawnStage::Execve)
     }
 }
 
@@ -351,10 +339,10 @@ unsafe fn exec_child(plan: &mut Plan, err: RawFd) -> ! {
 /// # Safety
 ///
 /// Child side of the fork only.
-unsafe fn fail(err: RawFd, stage: u32) -> ! {
+unsafe fn fail(err: RawFd, stage: SpawnStage) -> ! {
     let errno = Errno::last_raw();
     let mut report = [0u8; 8];
-    report[..4].copy_from_slice(&stage.to_ne_bytes());
+    report[..4].copy_from_slice(&stage.code().to_ne_bytes());
     report[4..].copy_from_slice(&errno.to_ne_bytes());
     // SAFETY: write and _exit are async-signal-safe; the buffer is on our stack.
     unsafe {
@@ -412,20 +400,6 @@ fn write_pid(slot: &mut [u8], pid: libc::pid_t) {
         slot[i] = *d;
     }
     slot[len] = 0;
-}
-
-/// The highest descriptor number worth closing when `close_range` is missing.
-fn max_fd() -> RawFd {
-    let mut limit = MaybeUninit::<libc::rlimit>::uninit();
-    // SAFETY: getrlimit writes into the provided struct.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) } == 0;
-    let soft = if ok {
-        // SAFETY: initialised by the successful call above.
-        unsafe { limit.assume_init() }.rlim_cur
-    } else {
-        1024
-    };
-    RawFd::try_from(soft.min(1 << 20)).unwrap_or(1 << 20) - 1
 }
 
 fn cstring(s: &OsStr) -> io::Result<CString> {

@@ -1,44 +1,120 @@
 //! The platform doorway: every nix/libc call outside the fork-to-exec window goes through here
 //! and comes out as `io::Result`. The code that runs between fork and exec lives in
 //! `spawn.rs`, because it obeys stricter rules (async-signal-safe calls only).
+//!
+//! A descriptor number that may not be open (one announced by the environment, before it is
+//! checked and owned) is only ever passed to the kernel as a number ([`fd_cloexec`],
+//! [`file_type`], [`set_cloexec_raw`]), never turned into a `BorrowedFd`, which promises an
+//! open descriptor.
 
 use std::fmt;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::fcntl::OFlag;
+use nix::libc;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage, UnixAddr,
-    sockopt,
+    self, AddressFamily, SockFlag, SockaddrLike, SockaddrStorage, UnixAddr, sockopt,
 };
 use nix::sys::stat::{SFlag, fstat};
+use nix::time::{ClockId, clock_gettime};
 use nix::unistd::Pid;
+
+pub(crate) use nix::sys::socket::{Backlog, SockType};
+
+/// The most the kernel may allow as a `listen(2)` backlog, for messages.
+pub(crate) const SOMAXCONN: i32 = libc::SOMAXCONN;
+
+/// `backlog` as a `listen(2)` backlog, if it is in 1..=SOMAXCONN.
+pub(crate) fn backlog(backlog: u32) -> Option<Backlog> {
+    i32::try_from(backlog)
+        .ok()
+        .filter(|b| *b > 0)
+        .and_then(|b| Backlog::new(b).ok())
+}
 
 /// Converts a nix result into an `io::Result`.
 pub(crate) fn cvt<T>(result: nix::Result<T>) -> io::Result<T> {
     result.map_err(io::Error::from)
 }
 
-/// The descriptor flags of `fd` (FD_CLOEXEC), or `None` if it is not open in this process.
-pub(crate) fn fd_flags(fd: RawFd) -> Option<FdFlag> {
-    // SAFETY: F_GETFD only inspects the descriptor table; an unopened number gives EBADF.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    fcntl(borrowed, FcntlArg::F_GETFD)
-        .ok()
-        .map(FdFlag::from_bits_truncate)
+/// Whether the descriptor number `fd` is close-on-exec; `None` if it is not open in this
+/// process.
+pub(crate) fn fd_cloexec(fd: RawFd) -> Option<bool> {
+    // SAFETY: F_GETFD takes a number and only reads the descriptor table; a number that is not
+    // open gives EBADF. No memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    (flags >= 0).then_some(flags & libc::FD_CLOEXEC != 0)
 }
 
-/// Sets FD_CLOEXEC on a descriptor. This is a per-descriptor flag: unlike O_NONBLOCK it is not
-/// shared with other processes holding the same open file description.
-pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
-    cvt(fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))).map(drop)
+/// Sets FD_CLOEXEC on the descriptor number `fd`, which may not be owned yet.
+pub(crate) fn set_cloexec_raw(fd: RawFd) -> io::Result<()> {
+    // SAFETY: as in `fd_cloexec`; F_SETFD changes only this descriptor's own flag.
+    let ret = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What kind of file the descriptor number `fd` is, without its socket details (those need
+/// an owned descriptor: see [`describe`]).
+pub(crate) fn file_type(fd: RawFd) -> io::Result<FileType> {
+    let mut stat = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat takes a number (EBADF if it is not open) and writes into the buffer given.
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: initialised by the successful call above.
+    let mode = unsafe { stat.assume_init() }.st_mode;
+    Ok(FileType::from_mode(mode))
+}
+
+/// A descriptor's file type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileType {
+    Socket,
+    RegularFile,
+    Directory,
+    Pipe,
+    CharDevice,
+    Other,
+}
+
+impl FileType {
+    fn from_mode(mode: libc::mode_t) -> FileType {
+        match SFlag::from_bits_truncate(mode) & SFlag::S_IFMT {
+            SFlag::S_IFSOCK => FileType::Socket,
+            SFlag::S_IFREG => FileType::RegularFile,
+            SFlag::S_IFDIR => FileType::Directory,
+            SFlag::S_IFIFO => FileType::Pipe,
+            SFlag::S_IFCHR => FileType::CharDevice,
+            _ => FileType::Other,
+        }
+    }
+}
+
+impl fmt::Display for FileType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileType::Socket => "a socket",
+            FileType::RegularFile => "a regular file",
+            FileType::Directory => "a directory",
+            FileType::Pipe => "a pipe",
+            FileType::CharDevice => "a character device",
+            FileType::Other => "neither a socket nor a regular file",
+        })
+    }
 }
 
 /// Duplicates a descriptor, close-on-exec, without touching the shared file status flags.
@@ -78,14 +154,13 @@ pub(crate) enum Local {
 /// Inspects a descriptor: its file type and, for a socket, its type, state and local address.
 pub(crate) fn describe(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
     let stat = cvt(fstat(fd))?;
-    let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
-    Ok(match kind {
-        SFlag::S_IFSOCK => FdKind::Socket(socket_info(fd)?),
-        SFlag::S_IFREG => FdKind::RegularFile,
-        SFlag::S_IFDIR => FdKind::Directory,
-        SFlag::S_IFIFO => FdKind::Pipe,
-        SFlag::S_IFCHR => FdKind::CharDevice,
-        _ => FdKind::Other,
+    Ok(match FileType::from_mode(stat.st_mode) {
+        FileType::Socket => FdKind::Socket(socket_info(fd)?),
+        FileType::RegularFile => FdKind::RegularFile,
+        FileType::Directory => FdKind::Directory,
+        FileType::Pipe => FdKind::Pipe,
+        FileType::CharDevice => FdKind::CharDevice,
+        FileType::Other => FdKind::Other,
     })
 }
 
@@ -128,11 +203,11 @@ impl fmt::Display for FdKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FdKind::Socket(info) => info.fmt(f),
-            FdKind::RegularFile => f.write_str("a regular file"),
-            FdKind::Directory => f.write_str("a directory"),
-            FdKind::Pipe => f.write_str("a pipe"),
-            FdKind::CharDevice => f.write_str("a character device"),
-            FdKind::Other => f.write_str("neither a socket nor a regular file"),
+            FdKind::RegularFile => FileType::RegularFile.fmt(f),
+            FdKind::Directory => FileType::Directory.fmt(f),
+            FdKind::Pipe => FileType::Pipe.fmt(f),
+            FdKind::CharDevice => FileType::CharDevice.fmt(f),
+            FdKind::Other => FileType::Other.fmt(f),
         }
     }
 }
@@ -176,7 +251,7 @@ impl fmt::Display for SocketInfo {
 /// `SO_REUSEADDR` is set on TCP listeners (as std and tokio do) so that a restart is not refused
 /// while old connections sit in TIME_WAIT. It never shares a port with another live listener:
 /// that would be `SO_REUSEPORT`, which graceful never needs.
-pub(crate) fn bind(
+fn bind(
     addr: &dyn SockaddrLike,
     family: AddressFamily,
     ty: SockType,
@@ -190,6 +265,74 @@ pub(crate) fn bind(
     if let Some(backlog) = backlog {
         cvt(socket::listen(&fd, backlog))?;
     }
+    Ok(fd)
+}
+
+/// A TCP listener on `addr`: see [`bind`].
+pub(crate) fn bind_tcp(addr: SocketAddr, backlog: Backlog) -> io::Result<OwnedFd> {
+    bind(
+        &SockaddrStorage::from(addr),
+        inet_family(&addr),
+        SockType::Stream,
+        Some(backlog),
+    )
+}
+
+/// A UDP socket bound to `addr`.
+pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<OwnedFd> {
+    bind(
+        &SockaddrStorage::from(addr),
+        inet_family(&addr),
+        SockType::Datagram,
+        None,
+    )
+}
+
+/// A Unix stream listener on the filesystem path `path`.
+pub(crate) fn bind_unix_path(path: &Path, backlog: Backlog) -> io::Result<OwnedFd> {
+    let addr = unix_path_addr(path)?;
+    bind(&addr, AddressFamily::Unix, SockType::Stream, Some(backlog))
+}
+
+/// A Unix stream listener in the abstract namespace, named `name` without the leading NUL.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn bind_unix_abstract(name: &[u8], backlog: Backlog) -> io::Result<OwnedFd> {
+    let addr = cvt(UnixAddr::new_abstract(name))?;
+    bind(&addr, AddressFamily::Unix, SockType::Stream, Some(backlog))
+}
+
+fn inet_family(addr: &SocketAddr) -> AddressFamily {
+    match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// A Unix stream listener at `path` whose socket file only its owner may use: mode 0600 from
+/// the moment it exists. Linux creates the file with the socket's own mode (less the umask),
+/// so the mode is set on the socket before `bind`; a chmod after `bind` would leave a window
+/// in which anyone could connect.
+pub(crate) fn bind_private_unix(path: &Path, backlog: Backlog) -> io::Result<OwnedFd> {
+    let addr = unix_path_addr(path)?;
+    let fd = cvt(socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ))?;
+    cvt(nix::sys::stat::fchmod(
+        &fd,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    ))?;
+    cvt(socket::bind(fd.as_raw_fd(), &addr))?;
+    // Elsewhere the socket's mode may not carry over to the file: restrict the file itself,
+    // after the fact.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    cvt(socket::listen(&fd, backlog))?;
     Ok(fd)
 }
 
@@ -378,5 +521,58 @@ pub(crate) fn send_datagram(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<()> {
             Err(Errno::EINTR) => continue,
             Err(err) => return Err(err.into()),
         }
+    }
+}
+
+/// A pipe whose both ends are close-on-exec from the start.
+pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    cvt(nix::unistd::pipe2(OFlag::O_CLOEXEC))
+}
+
+/// The highest descriptor number worth closing when `close_range` is missing: below the soft
+/// RLIMIT_NOFILE (1024 if it cannot be read), at most 2^20.
+pub(crate) fn max_fd() -> RawFd {
+    let mut limit = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: getrlimit writes into the provided struct.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) } == 0;
+    let soft = if ok {
+        // SAFETY: initialised by the successful call above.
+        unsafe { limit.assume_init() }.rlim_cur
+    } else {
+        1024
+    };
+    RawFd::try_from(soft.min(1 << 20)).unwrap_or(1 << 20) - 1
+}
+
+/// CLOCK_MONOTONIC in microseconds, the clock systemd's `MONOTONIC_USEC=` is read against.
+pub(crate) fn monotonic_usec() -> io::Result<u64> {
+    let now = cvt(clock_gettime(ClockId::CLOCK_MONOTONIC))?;
+    let secs = u64::try_from(now.tv_sec()).unwrap_or(0);
+    let micros = u64::try_from(now.tv_nsec() / 1000).unwrap_or(0);
+    Ok(secs * 1_000_000 + micros)
+}
+
+/// Creates `path`, which must not exist, for writing with `mode`, without following a
+/// symlink planted there.
+pub(crate) fn create_new_nofollow(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(path)
+}
+
+/// Opens `path` for reading without following a symlink (`Ok(None)` if one sits there) and
+/// without blocking on a FIFO.
+pub(crate) fn open_nofollow(path: &Path) -> io::Result<Option<File>> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => Ok(Some(file)),
+        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => Ok(None),
+        Err(err) => Err(err),
     }
 }

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use graceful_core::{Error, Upgrader};
+use graceful_core::{Error, SpawnStage, Upgrader};
 use support::{STEP, Setup, child_finishes, scenario};
 
 /// The listener still accepts and serves a connection.
@@ -145,7 +145,7 @@ fn a_missing_executable_fails_the_upgrade_and_a_later_deploy_succeeds() {
         let Error::Spawn { stage, source, .. } = &err else {
             panic!("expected Spawn, got {err:?}");
         };
-        assert_eq!(*stage, "execve");
+        assert_eq!(*stage, SpawnStage::Execve);
         assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
         assert!(
             err.to_string().contains(&next.display().to_string()),
@@ -181,7 +181,7 @@ fn a_file_that_cannot_be_executed_fails_the_upgrade_and_a_later_deploy_succeeds(
         fs::set_permissions(&next, fs::Permissions::from_mode(0o644)).unwrap();
         let err = upgrader.upgrade().unwrap_err();
         assert!(
-            matches!(&err, Error::Spawn { stage: "execve", source, .. }
+            matches!(&err, Error::Spawn { stage: SpawnStage::Execve, source, .. }
                 if source.kind() == std::io::ErrorKind::PermissionDenied),
             "{err:?}"
         );
@@ -194,7 +194,7 @@ fn a_file_that_cannot_be_executed_fails_the_upgrade_and_a_later_deploy_succeeds(
         fs::rename(&garbage, &next).unwrap();
         let err = upgrader.upgrade().unwrap_err();
         assert!(
-            matches!(&err, Error::Spawn { stage: "execve", source, .. }
+            matches!(&err, Error::Spawn { stage: SpawnStage::Execve, source, .. }
                 if source.raw_os_error() == Some(nix::libc::ENOEXEC)),
             "{err:?}"
         );

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use graceful_core::{Error, Handover, Report, Upgrader};
+use graceful_core::harness::{Handover, Report};
+use graceful_core::{Error, Upgrader};
 
 const ROLE: &str = "GRACEFUL_TEST_FIRST_GENERATION";
 const STEP: Duration = Duration::from_secs(20);

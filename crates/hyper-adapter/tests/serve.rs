@@ -3,7 +3,7 @@
 #![cfg(unix)]
 
 use std::future::IntoFuture;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use graceful_tokio::DrainOutcome;
 use http_body_util::Full;
@@ -28,12 +28,10 @@ async fn serve_reports_ready_serves_and_returns_the_drain_report_on_stop() {
     assert!(!graceful.upgrader().is_ready());
     let server = tokio::spawn(graceful_hyper::serve(listener, hello).into_future());
 
-    // The upgrader has no event for readiness, so this waits for the flag, within a bound.
-    let deadline = Instant::now() + STEP;
-    while !graceful.upgrader().is_ready() {
-        assert!(Instant::now() < deadline, "serve did not call ready()");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(STEP, graceful.ready_reported())
+        .await
+        .expect("serve did not call ready()");
+    assert!(graceful.upgrader().is_ready());
 
     let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
     client

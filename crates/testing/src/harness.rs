@@ -2,14 +2,14 @@
 //!
 //! It plays the generation before the first one. It binds the listening socket itself, so the
 //! test knows the address before the server starts, and starts the server with that socket
-//! handed over exactly as an upgrade hands it over (`graceful_core::Handover`): the server's
+//! handed over exactly as an upgrade hands it over (`graceful_core::harness::Handover`): the server's
 //! `graceful::listen` adopts it, its `ready()` answers over the readiness link. Once the server
 //! is ready the harness closes the link, so the server sees its parent exit and is, from then
 //! on, what a server started by hand is: the oldest generation, which counts its successors for
 //! `max_generations` and whose drain never waits for a parent.
 //!
 //! Upgrades are what a deploy does: `SIGHUP` to the generation that serves. Their outcomes, and
-//! each drain's end, come back on the report channel (`graceful_core::Report`), which every
+//! each drain's end, come back on the report channel (`graceful_core::harness::Report`), which every
 //! generation inherits; each generation's end is seen through a pidfd and its exit status
 //! collected by the harness, which is the child subreaper of the process.
 //!
@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use graceful_core::Handover;
+use graceful_core::harness::Handover;
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
 

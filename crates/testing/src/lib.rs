@@ -48,10 +48,10 @@
 //! # How it works
 //!
 //! The harness is the first generation's parent, using the same protocol as an upgrade
-//! ([`graceful_core::Handover`]). It closes the readiness link as soon as the server is ready,
+//! ([`graceful_core::harness::Handover`]). It closes the readiness link as soon as the server is ready,
 //! so the server sees its parent exit, and from then on behaves exactly as a server started by
 //! hand. The server reports upgrade outcomes and drains on a channel that only a harness
-//! creates (see [`graceful_core::Report`]); a server not started by a harness sends nothing.
+//! creates (see [`graceful_core::harness::Report`]); a server not started by a harness sends nothing.
 //!
 //! Tests may run in parallel: each harness has its own port, its own process group and no
 //! global state, except that the harness makes the test process a child subreaper (generations
@@ -81,4 +81,4 @@ mod sys;
 pub use error::{Error, Result};
 pub use harness::{Builder, Harness, Upgraded, is_server};
 pub use load::{Client, Failure, Load, LoadReport, Running, Tally};
-pub use monitor::{Drain, Generation, Rollback};
+pub use monitor::{Generation, Rollback};

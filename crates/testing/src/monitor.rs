@@ -2,7 +2,7 @@
 //!
 //! Two sources, read by that one task so that they never disagree: the report channel, on
 //! which every generation says what became of its upgrades and drains (see
-//! `graceful_core::Report`), and the end of each process, seen through a pidfd. When a process
+//! `graceful_core::harness::Report`), and the end of each process, seen through a pidfd. When a process
 //! ends, everything it reported is already queued on the channel, so the task reads the channel
 //! dry before it records the exit: a generation is never seen exited without its drain.
 
@@ -12,8 +12,8 @@ use std::process::ExitStatus;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use graceful_core::Report;
-use graceful_tokio::DrainOutcome;
+use graceful_core::DrainReport;
+use graceful_core::harness::Report;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -34,7 +34,7 @@ pub struct Generation {
     number: u64,
     successor: Option<u32>,
     replaced_at: Option<Instant>,
-    drain: Option<Drain>,
+    drain: Option<DrainReport>,
     exited_at: Option<Instant>,
     status: Option<ExitStatus>,
 }
@@ -57,7 +57,7 @@ impl Generation {
 
     /// How its drain ended, as the server reported it; `None` until it has drained, or if it
     /// never called `graceful::drain` (or `serve`, which drains).
-    pub fn drain(&self) -> Option<&Drain> {
+    pub fn drain(&self) -> Option<&DrainReport> {
         self.drain.as_ref()
     }
 
@@ -97,30 +97,6 @@ impl fmt::Display for Generation {
             write!(f, " {took:?} after it was replaced")?;
         }
         Ok(())
-    }
-}
-
-/// How a generation's drain ended, as it reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Drain {
-    /// Connections open when the drain began.
-    pub open_at_start: usize,
-    /// Connections still open when it ended.
-    pub abandoned: usize,
-    /// Why it ended.
-    pub outcome: DrainOutcome,
-}
-
-impl fmt::Display for Drain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "drained {} of {} connections ({:?})",
-            self.open_at_start.saturating_sub(self.abandoned),
-            self.open_at_start,
-            self.outcome
-        )
     }
 }
 
@@ -265,27 +241,9 @@ impl Monitor {
                     reason,
                 });
             }
-            Report::Drained {
-                pid,
-                open_at_start,
-                abandoned,
-                outcome,
-            } => {
-                let outcome = match outcome.as_str() {
-                    "Drained" => DrainOutcome::Drained,
-                    "Deadline" => DrainOutcome::Deadline,
-                    "CutShort" => DrainOutcome::CutShort,
-                    other => {
-                        tracing::debug!(pid, other, "ignoring a drain outcome not understood");
-                        return None;
-                    }
-                };
+            Report::Drained { pid, drain } => {
                 if let Some(generation) = lineage.get_mut(pid) {
-                    generation.drain = Some(Drain {
-                        open_at_start,
-                        abandoned,
-                        outcome,
-                    });
+                    generation.drain = Some(drain);
                 }
             }
             other => tracing::debug!(?other, "ignoring a report of a newer kind"),

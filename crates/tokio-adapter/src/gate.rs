@@ -75,6 +75,14 @@ impl Gate {
         });
     }
 
+    /// Completes once the gate has left [`Accepting::NotReady`]: this generation reported
+    /// ready. Cancel safe.
+    pub(crate) async fn reported_ready(&self) {
+        let mut state = self.state.subscribe();
+        // The sender lives as long as the handle that owns this gate, so this cannot fail.
+        let _ = state.wait_for(|s| *s != Accepting::NotReady).await;
+    }
+
     /// A watcher for one listener; `counted` for the application's listeners, which decide
     /// whether this generation can serve again.
     pub(crate) fn watch(&self, counted: bool) -> GateWatch {

@@ -68,29 +68,34 @@
 
 #[cfg(feature = "axum")]
 mod axum;
+mod builder;
 pub mod control;
+mod drain;
 mod gate;
+mod global;
 mod handle;
 mod listener;
+mod signals;
 mod tracked;
 
 use std::path::Path;
 use std::time::Duration;
 
-pub use graceful_core::{Error, Result, Upgrader};
-pub use handle::{Builder, DrainOutcome, DrainReport, Graceful, UpgradeRequested};
+pub use builder::Builder;
+pub use graceful_core::{DrainOutcome, DrainReport, Error, Result, Upgrader};
+pub use handle::{Graceful, UpgradeRequested};
 pub use listener::{Accept, Listener, TcpListener, UnixListener};
 pub use tracked::{ConnectionGuard, TrackedStream};
 
 /// Inherits the TCP listener for `addr` from the previous generation, or binds it; see
 /// [`Graceful::listen`]. Installs the process's handle with the defaults if [`Builder::install`]
-/// was not called.
+/// was not called: with `listen_named` and `listen_unix`, the only functions that do.
 ///
 /// # Errors
 ///
 /// As [`Graceful::listen`] and [`Builder::install`].
 pub async fn listen(addr: impl tokio::net::ToSocketAddrs) -> Result<TcpListener> {
-    Graceful::get()?.listen(addr).await
+    global::installed_or_default()?.listen(addr).await
 }
 
 /// Adopts the TCP listener that the service manager passed under `name`; see
@@ -100,7 +105,7 @@ pub async fn listen(addr: impl tokio::net::ToSocketAddrs) -> Result<TcpListener>
 ///
 /// As [`Graceful::listen_named`] and [`Builder::install`].
 pub async fn listen_named(name: &str) -> Result<TcpListener> {
-    Graceful::get()?.listen_named(name).await
+    global::installed_or_default()?.listen_named(name).await
 }
 
 /// Inherits the Unix listener for `path` from the previous generation, or binds it; see
@@ -110,44 +115,45 @@ pub async fn listen_named(name: &str) -> Result<TcpListener> {
 ///
 /// As [`Graceful::listen`] and [`Builder::install`].
 pub async fn listen_unix(path: impl AsRef<Path>) -> Result<UnixListener> {
-    Graceful::get()?.listen_unix(path).await
+    global::installed_or_default()?.listen_unix(path).await
 }
 
 /// Reports that this process serves; see [`Graceful::ready`].
 ///
 /// # Errors
 ///
-/// As [`Graceful::ready`] and [`Builder::install`].
+/// As [`Graceful::ready`]; [`Error::Unavailable`] when no handle is installed.
 pub fn ready() -> Result<()> {
-    Graceful::get()?.ready()
+    global::installed()?.ready()
 }
 
 /// Completes when this process should wind down; see [`Graceful::upgrade_requested`]. Never
-/// completes if graceful could not start (the reason is logged once).
+/// completes if no handle is installed (call it after [`listen`] or [`Builder::install`]; the
+/// reason is logged once): it installs nothing itself.
 pub fn upgrade_requested() -> UpgradeRequested {
-    handle::global().map_or_else(UpgradeRequested::never, |g| g.upgrade_requested())
+    global::current().map_or_else(UpgradeRequested::never, |g| g.upgrade_requested())
 }
 
 /// Starts the next generation now; see [`Graceful::upgrade`].
 ///
 /// # Errors
 ///
-/// As [`Graceful::upgrade`] and [`Builder::install`].
+/// As [`Graceful::upgrade`]; [`Error::Unavailable`] when no handle is installed.
 pub async fn upgrade() -> Result<u32> {
-    Graceful::get()?.upgrade().await
+    global::installed()?.upgrade().await
 }
 
 /// Stops gracefully without a successor; see [`Graceful::stop`].
 pub fn stop() {
-    if let Some(graceful) = handle::global() {
+    if let Some(graceful) = global::current() {
         graceful.stop();
     }
 }
 
 /// Waits for the tracked connections, for `timeout` at most; see [`Graceful::drain`]. Returns
-/// at once, with nothing to report, if graceful could not start.
+/// at once, with nothing to report, if no handle is installed.
 pub async fn drain(timeout: Duration) -> DrainReport {
-    match handle::global() {
+    match global::current() {
         Some(graceful) => graceful.drain(timeout).await,
         None => DrainReport::empty(),
     }

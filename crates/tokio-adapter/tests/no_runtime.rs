@@ -1,5 +1,6 @@
 //! Outside a Tokio runtime, graceful cannot install its handle: it says so with an error, not
-//! a panic, and the failure uses up nothing, so a later install inside a runtime works.
+//! a panic, and the failure uses up nothing, so a later install inside a runtime works. Asking
+//! for readiness installs nothing.
 #![cfg(unix)]
 
 use graceful_tokio::{Builder, Error};
@@ -16,8 +17,14 @@ fn outside_a_runtime_install_and_ready_fail_with_an_error() {
         "{err}"
     );
 
-    // ready() installs the handle implicitly, so it fails the same way.
-    let err = graceful_tokio::ready().expect_err("ready() outside a runtime was accepted");
+    // ready() installs nothing: with no handle, it says so.
+    let err = graceful_tokio::ready().expect_err("ready() without a handle was accepted");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("nothing installed it"), "{err}");
+    // listen() does install, with the defaults, and fails the same way outside a runtime.
+    let err = futures::FutureExt::now_or_never(graceful_tokio::listen("127.0.0.1:0"))
+        .expect("listen() fails at once outside a runtime")
+        .expect_err("listen() outside a runtime was accepted");
     assert!(
         err.to_string()
             .contains("must be installed inside a Tokio runtime"),

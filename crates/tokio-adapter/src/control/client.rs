@@ -1,51 +1,13 @@
-//! The control socket: an upgrade that reports whether it worked.
-//!
-//! A signal cannot answer. `kill -HUP` returns at once, before anyone knows whether the new
-//! binary started, so `systemctl reload` and deploy scripts cannot tell a failed upgrade from a
-//! good one. The control socket can: a client connects, asks for an upgrade, and gets the answer
-//! once the new generation is ready or the attempt has failed.
-//!
-//! The protocol is one line each way on a Unix stream socket:
-//!
-//! ```text
-//! -> upgrade
-//! <- ok 4243                                  the new generation, pid 4243, serves
-//! <- error new process (pid 4243) exited …    nothing changed; the old generation serves on
-//!
-//! -> rollback
-//! <- ok 4242                                  the previous generation, pid 4242, serves again
-//! <- error cannot roll back from pid 4243: …  nothing changed
-//! ```
-//!
-//! `rollback` is for a deploy that sees the new build misbehave within the previous
-//! generation's probation (see [`Builder::probation`](crate::Builder::probation)): the previous
-//! generation accepts again and the one that answered stops gracefully.
-//!
-//! The server side is [`Builder::control_socket`](crate::Builder::control_socket); the client
-//! side is [`upgrade`] and [`rollback`]. The socket is handed over like any listener: the old
-//! generation stops accepting on it when it is replaced, and the new one answers from then on
-//! (after a rollback, the old one again). A connection the old generation accepted is answered
-//! by it, and counted by its drain until it is answered.
+//! The client side: one request, one answer, with nothing but std, for command-line tools
+//! that have no runtime (a systemd `ExecReload=`, a deploy script).
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use graceful_core::{Error, Result, Upgrader};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-use crate::handle::Graceful;
-use crate::tracked::TrackedStream;
-
-/// The longest request or answer line read.
-const MAX_LINE: u64 = 4096;
-/// How long the previous generation may take to answer a rollback request.
-const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+use super::MAX_LINE;
 
 /// Why [`upgrade`] did not report a new generation.
 #[derive(Debug)]
@@ -229,106 +191,6 @@ fn parse_answer(answer: &[u8]) -> Result<u32, ControlError> {
         _ => Err(ControlError::Protocol {
             problem: format!("the answer {line:?} is not understood"),
         }),
-    }
-}
-
-/// Inherits or binds the control socket and answers on it while this generation serves.
-pub(crate) fn serve(graceful: &Graceful, path: &Path) -> Result<()> {
-    let listener = inherit_or_bind(graceful.upgrader(), path)?;
-    if let Err(err) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(path = %path.display(), %err, "cannot restrict the control socket to its owner");
-    }
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::io("making the control socket non-blocking", e))?;
-    let listener = tokio::net::UnixListener::from_std(listener)
-        .map_err(|e| Error::io("registering the control socket with tokio", e))?;
-    tracing::debug!(path = %path.display(), "answering upgrade requests on the control socket");
-    tokio::spawn(accept(graceful.clone(), graceful.wrap_control(listener)));
-    Ok(())
-}
-
-/// The inherited control socket, or a new one. A socket file that nobody listens on is left by
-/// a process that has gone; it is replaced, as anything else at the path is not.
-fn inherit_or_bind(upgrader: &Upgrader, path: &Path) -> Result<std::os::unix::net::UnixListener> {
-    match upgrader.unix_listener(path) {
-        Err(Error::Create { source, .. })
-            if source.kind() == io::ErrorKind::AddrInUse && is_stale(path) =>
-        {
-            tracing::info!(path = %path.display(), "replacing a stale control socket");
-            std::fs::remove_file(path)
-                .map_err(|e| Error::io("removing a stale control socket", e))?;
-            upgrader.unix_listener(path)
-        }
-        other => other,
-    }
-}
-
-fn is_stale(path: &Path) -> bool {
-    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
-    is_socket
-        && matches!(UnixStream::connect(path), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
-}
-
-/// Accepts while this generation serves, like the application's listeners: from readiness
-/// until it is replaced or stopping, paused during a successor's probation.
-async fn accept(graceful: Graceful, mut listener: crate::UnixListener) {
-    while let Some((stream, _)) = listener.accept().await {
-        tokio::spawn(answer(graceful.clone(), stream));
-    }
-}
-
-async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream>) {
-    let mut stream = BufReader::new(stream);
-    let mut request = String::new();
-    let read = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        (&mut stream).take(MAX_LINE).read_line(&mut request),
-    )
-    .await;
-    let reply = match read {
-        Ok(Ok(_)) if request.ends_with('\n') => respond(&graceful, request.trim()).await,
-        Ok(Ok(_)) => "error the request must be one line, ending with a newline".to_owned(),
-        Ok(Err(err)) => format!("error cannot read the request: {err}"),
-        Err(_) => format!("error no request within {REQUEST_TIMEOUT:?}"),
-    };
-    let reply = format!("{}\n", reply.replace(['\n', '\r'], " "));
-    let stream = stream.get_mut();
-    if let Err(err) = stream.write_all(reply.as_bytes()).await {
-        tracing::warn!(%err, "cannot answer on the control socket; the client has gone");
-    }
-    let _ = stream.shutdown().await;
-}
-
-async fn respond(graceful: &Graceful, request: &str) -> String {
-    if request == "rollback" {
-        tracing::warn!(
-            pid = std::process::id(),
-            "rollback requested on the control socket"
-        );
-        return match graceful.rollback(ROLLBACK_TIMEOUT).await {
-            Ok(pid) => format!("ok {pid}"),
-            Err(err) => format!("error {err}"),
-        };
-    }
-    if request != "upgrade" {
-        return format!(
-            "error unknown request {request:?}; the requests are \"upgrade\" and \"rollback\""
-        );
-    }
-    if graceful.is_upgrade_requested() {
-        return format!(
-            "error this process (pid {}) is stopping or already replaced",
-            std::process::id()
-        );
-    }
-    tracing::info!(
-        pid = std::process::id(),
-        "upgrade requested on the control socket"
-    );
-    match graceful.upgrade().await {
-        Ok(pid) => format!("ok {pid}"),
-        Err(err) => format!("error {err}"),
     }
 }
 

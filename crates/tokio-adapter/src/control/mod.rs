@@ -1,0 +1,36 @@
+//! The control socket: an upgrade that reports whether it worked.
+//!
+//! A signal cannot answer. `kill -HUP` returns at once, before anyone knows whether the new
+//! binary started, so `systemctl reload` and deploy scripts cannot tell a failed upgrade from a
+//! good one. The control socket can: a client connects, asks for an upgrade, and gets the answer
+//! once the new generation is ready or the attempt has failed.
+//!
+//! The protocol is one line each way on a Unix stream socket:
+//!
+//! ```text
+//! -> upgrade
+//! <- ok 4243                                  the new generation, pid 4243, serves
+//! <- error new process (pid 4243) exited …    nothing changed; the old generation serves on
+//!
+//! -> rollback
+//! <- ok 4242                                  the previous generation, pid 4242, serves again
+//! <- error cannot roll back from pid 4243: …  nothing changed
+//! ```
+//!
+//! `rollback` is for a deploy that sees the new build misbehave within the previous
+//! generation's probation (see [`Builder::probation`](crate::Builder::probation)): the previous
+//! generation accepts again and the one that answered stops gracefully.
+//!
+//! The server side is [`Builder::control_socket`](crate::Builder::control_socket); the client
+//! side is [`upgrade`] and [`rollback`]. The socket is handed over like any listener: the old
+//! generation stops accepting on it when it is replaced, and the new one answers from then on
+//! (after a rollback, the old one again). A connection the old generation accepted is answered
+//! by it, and counted by its drain until it is answered.
+
+mod client;
+pub(crate) mod server;
+
+pub use client::{ControlError, rollback, upgrade};
+
+/// The longest request or answer line read.
+const MAX_LINE: u64 = 4096;

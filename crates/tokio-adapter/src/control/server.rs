@@ -1,0 +1,158 @@
+//! The server side: answers `upgrade` and `rollback` on the control socket while this
+//! generation serves, through the handle's own methods.
+//!
+//! Invariants:
+//! - The socket file has mode 0600 from the moment it exists (see
+//!   [`Upgrader::private_unix_listener`]): only the server's user may upgrade it.
+//! - A socket file left by a process that has gone is replaced only under an exclusive lock on
+//!   its directory, so two graceful processes never both decide it is stale and remove the
+//!   other's live socket.
+//! - It accepts through the gate like the application's listeners: not before readiness, not
+//!   during a successor's probation (the successor answers then), again after a rollback.
+
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use graceful_core::{Error, Result, Upgrader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use super::MAX_LINE;
+use crate::handle::Graceful;
+use crate::tracked::TrackedStream;
+
+/// How long the previous generation may take to answer a rollback request.
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for its client to close too.
+const LINGER: Duration = Duration::from_secs(2);
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Inherits or binds the control socket and answers on it while this generation serves.
+pub(crate) fn serve(graceful: &Graceful, path: &Path) -> Result<()> {
+    let listener = inherit_or_bind(graceful.upgrader(), path)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("making the control socket non-blocking", e))?;
+    let listener = tokio::net::UnixListener::from_std(listener)
+        .map_err(|e| Error::io("registering the control socket with tokio", e))?;
+    tracing::debug!(path = %path.display(), "answering upgrade requests on the control socket");
+    tokio::spawn(accept(graceful.clone(), graceful.wrap_control(listener)));
+    Ok(())
+}
+
+/// The inherited control socket, or a new one. A socket file that nobody listens on is left by
+/// a process that has gone; it is replaced, as anything else at the path is not, and only
+/// under the directory's lock.
+fn inherit_or_bind(upgrader: &Upgrader, path: &Path) -> Result<std::os::unix::net::UnixListener> {
+    match upgrader.private_unix_listener(path) {
+        Err(Error::Create { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
+            let _locked = lock_directory_of(path)?;
+            if is_stale(path) {
+                tracing::info!(path = %path.display(), "replacing a stale control socket");
+                std::fs::remove_file(path)
+                    .map_err(|e| Error::io("removing a stale control socket", e))?;
+            }
+            upgrader.private_unix_listener(path)
+        }
+        other => other,
+    }
+}
+
+/// An exclusive lock on the directory that holds `path`, released when dropped. Every graceful
+/// process takes it before it removes a stale socket there and binds its own.
+fn lock_directory_of(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::File::open(dir)
+        .map_err(|e| Error::io("opening the control socket's directory", e))?;
+    nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+        Error::io(
+            "locking the control socket's directory",
+            io::Error::from(errno),
+        )
+    })
+}
+
+fn is_stale(path: &Path) -> bool {
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    is_socket
+        && matches!(UnixStream::connect(path), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+}
+
+/// Accepts while this generation serves, like the application's listeners: from readiness
+/// until it is replaced or stopping, paused during a successor's probation.
+async fn accept(graceful: Graceful, mut listener: crate::UnixListener) {
+    while let Some((stream, _)) = listener.accept().await {
+        tokio::spawn(answer(graceful.clone(), stream));
+    }
+}
+
+async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream>) {
+    let mut stream = BufReader::new(stream);
+    let mut request = String::new();
+    let read = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        (&mut stream).take(MAX_LINE).read_line(&mut request),
+    )
+    .await;
+    let reply = match read {
+        Ok(Ok(_)) if request.ends_with('\n') => respond(&graceful, request.trim()).await,
+        Ok(Ok(n)) if n as u64 >= MAX_LINE => {
+            format!("error the request is longer than {MAX_LINE} bytes")
+        }
+        Ok(Ok(_)) => "error the request must be one line, ending with a newline".to_owned(),
+        Ok(Err(err)) => format!("error cannot read the request: {err}"),
+        Err(_) => format!("error no request within {REQUEST_TIMEOUT:?}"),
+    };
+    let reply = format!("{}\n", reply.replace(['\n', '\r'], " "));
+    let stream = stream.get_mut();
+    if let Err(err) = stream.write_all(reply.as_bytes()).await {
+        tracing::warn!(%err, "cannot answer on the control socket; the client has gone");
+    }
+    // Half-close, then read what the client still sends until it closes: closing with unread
+    // input would reset the connection and could destroy the answer before it is read.
+    if stream.shutdown().await.is_ok() {
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(LINGER, async {
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+}
+
+async fn respond(graceful: &Graceful, request: &str) -> String {
+    if request == "rollback" {
+        tracing::warn!(
+            pid = std::process::id(),
+            "rollback requested on the control socket"
+        );
+        return match graceful.rollback(ROLLBACK_TIMEOUT).await {
+            Ok(pid) => format!("ok {pid}"),
+            Err(err) => format!("error {err}"),
+        };
+    }
+    if request != "upgrade" {
+        return format!(
+            "error unknown request {request:?}; the requests are \"upgrade\" and \"rollback\""
+        );
+    }
+    if graceful.is_upgrade_requested() {
+        return format!(
+            "error this process (pid {}) is stopping or already replaced",
+            std::process::id()
+        );
+    }
+    tracing::info!(
+        pid = std::process::id(),
+        "upgrade requested on the control socket"
+    );
+    match graceful.upgrade().await {
+        Ok(pid) => format!("ok {pid}"),
+        Err(err) => format!("error {err}"),
+    }
+}
