@@ -2,7 +2,8 @@
 
 //! Runs the bench's servers as real processes: each in its own process group, under this test
 //! process as child subreaper, so that a generation orphaned by its parent's exit is reaped
-//! here; on drop, the whole group is killed and every member reaped. The lines the servers
+//! here; on drop, the whole group is killed and every member reaped. The supervision is
+//! graceful-testing's (`graceful_testing::process`), as the harness's, xtask's and scale-probe's. The lines the servers
 //! print are read on a thread and waited for with a bound.
 //!
 //! The subreaper flag is process-global: a test file that uses this runs its tests in its own
@@ -11,23 +12,19 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::waitpid;
-use nix::unistd::Pid;
+use graceful_testing::process::{self, Signal};
 
 /// A bound for every wait; generous, because it only matters when something is wrong.
 pub(crate) const STEP: Duration = Duration::from_secs(30);
 
-/// A server's process group, its stdout read line by line.
+/// A server's process group, its stdout read line by line; killed and reaped when dropped.
 pub(crate) struct Group {
-    leader: Child,
+    group: process::Group,
     lines: mpsc::Receiver<String>,
     /// Lines read but not yet asked for.
     pending: VecDeque<String>,
@@ -44,15 +41,15 @@ pub(crate) struct Ready {
 impl Group {
     /// Starts `program` with `args` in a new process group.
     pub(crate) fn start(program: impl AsRef<Path>, args: &[&str]) -> Group {
-        nix::sys::prctl::set_child_subreaper(true).expect("become a child subreaper");
-        let mut leader = Command::new(program.as_ref())
-            .args(args)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", program.as_ref().display()));
-        let stdout = leader.stdout.take().expect("piped");
+        process::become_subreaper().expect("become a child subreaper");
+        let mut group = process::Group::spawn(
+            Command::new(program.as_ref())
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped()),
+        )
+        .unwrap_or_else(|e| panic!("start {}: {e}", program.as_ref().display()));
+        let stdout = group.leader().stdout.take().expect("piped");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -60,7 +57,7 @@ impl Group {
             }
         });
         Group {
-            leader,
+            group,
             lines,
             pending: VecDeque::new(),
         }
@@ -68,7 +65,7 @@ impl Group {
 
     /// The pid of the process this test started (generation 1).
     pub(crate) fn leader_pid(&self) -> u32 {
-        self.leader.id()
+        self.group.pgid()
     }
 
     /// Waits for the first line, read or still to come, that `matches`; takes it out and
@@ -110,7 +107,7 @@ impl Group {
     pub(crate) fn leader_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + STEP;
         loop {
-            if let Some(status) = self.leader.try_wait().expect("wait") {
+            if let Some(status) = self.group.leader().try_wait().expect("wait") {
                 return status;
             }
             assert!(
@@ -119,17 +116,6 @@ impl Group {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let group = Pid::from_raw(self.leader.id() as i32);
-        let _ = killpg(group, Signal::SIGKILL);
-        // The leader first (std may have reaped it already), then every member, reparented
-        // here as its parent died: waiting on the group ends with ECHILD once none is left.
-        let _ = self.leader.wait();
-        while let Ok(_) | Err(Errno::EINTR) = waitpid(Pid::from_raw(-group.as_raw()), None) {}
     }
 }
 
@@ -149,8 +135,7 @@ fn parse_ready(line: &str) -> Ready {
 
 /// Sends `signal` to `pid`.
 pub(crate) fn signal(pid: u32, signal: Signal) {
-    kill(Pid::from_raw(pid as i32), signal)
-        .unwrap_or_else(|e| panic!("send {signal} to {pid}: {e}"));
+    process::signal(pid, signal).unwrap_or_else(|e| panic!("send {signal} to {pid}: {e}"));
 }
 
 /// `GET path` on a new connection; returns the status line and the body.
