@@ -14,11 +14,11 @@
 //!   (server with upgrades / the same server without; server / ceiling, both without) and their
 //!   median over the rounds is shown with their range. The probation matters only once a server
 //!   is upgraded, so both graceful variants share graceful's run without upgrades.
-//! - **Upgrades.** SIGHUP goes to the newest generation once the previous upgrade's generation
-//!   is ready and `interval` has passed. Handover is SIGHUP → the new generation's `ready` line;
-//!   "old gone" is that line → the replaced process has ended, seen through a pidfd opened when
-//!   it printed its own `ready` (whoever reaps it). A generation not ready within
-//!   [`READY_WITHIN`] ends the upgrades of that run, and the table says so; the run goes on.
+//! - **Upgrades.** See `peers/upgrades.rs`: SIGHUP to the newest generation, one interval after
+//!   the previous one was ready. Handover is SIGHUP → the new generation's `ready` line; "old
+//!   gone" is that line → the replaced process has ended, whoever reaps it. A generation not
+//!   ready within 8 s (ecdysis kills a child not ready in 5 s) ends the upgrades of that run,
+//!   and the table says so; the run goes on.
 //! - **Idle.** A few upgrades of each upgrading server with no load at all: "old gone" when
 //!   nothing is in flight, the figure the 50 ms target is about.
 //!
