@@ -176,8 +176,11 @@ impl Figures {
         out.push(String::new());
         out.push("Targets".to_owned());
         let noise = self.noise();
-        for (line, _) in self.targets(noise) {
-            out.push(line);
+        for (what, met) in self.targets(noise) {
+            out.push(format!(
+                "  {} {what}",
+                if met { "MET   " } else { "MISSED" }
+            ));
         }
         out.push(self.probation_note());
         out.push(String::new());
@@ -202,14 +205,9 @@ impl Figures {
         out
     }
 
-    /// Each target's line, and whether it was met.
+    /// Each target, said with its figure, and whether it was met.
     fn targets(&self, noise: f64) -> Vec<(String, bool)> {
-        let line = |met: bool, what: String| {
-            (
-                format!("  {} {what}", if met { "MET   " } else { "MISSED" }),
-                met,
-            )
-        };
+        let line = |met: bool, what: String| (what, met);
         let mut out = Vec::new();
         for (m, mode) in MODES.into_iter().enumerate() {
             let (failed, all) = self.graceful_failed(m);
@@ -320,7 +318,7 @@ impl Figures {
         let targets: Vec<Value> = self
             .targets(noise)
             .into_iter()
-            .map(|(line, met)| json!({"target": line.trim(), "met": met}))
+            .map(|(what, met)| json!({"target": what, "met": met}))
             .collect();
         json!({
             "options": {
