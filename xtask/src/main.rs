@@ -87,7 +87,12 @@ fn bench_options(mut args: impl Iterator<Item = String>) -> Result<bench::Option
         peers: false,
     };
     let mut round_length = None;
+    // Flags of the default bench that `--peers` has no use for.
+    let mut not_for_peers = None;
     while let Some(flag) = args.next() {
+        if matches!(flag.as_str(), "--no-scale" | "--interval" | "--starts") {
+            not_for_peers = Some(flag.clone());
+        }
         match flag.as_str() {
             "--json" => options.json = true,
             "--no-scale" => options.scale = false,
@@ -110,6 +115,12 @@ fn bench_options(mut args: impl Iterator<Item = String>) -> Result<bench::Option
     } else {
         Duration::from_secs(5)
     });
+    if let (true, Some(flag)) = (options.peers, not_for_peers) {
+        return Err(format!(
+            "--peers upgrades every 1s and every 300ms and runs no scale probe or bare starts: \
+             {flag} does not apply"
+        ));
+    }
     if options.peers && options.duration < Duration::from_secs(1) {
         return Err("--peers upgrades once a second: --duration must be at least 1s".into());
     }
