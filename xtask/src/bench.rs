@@ -23,6 +23,8 @@
 //! The targets are checked and each is reported met or missed; the task fails only if a request
 //! failed or a step did not complete. `--json` prints one JSON document on stdout instead of
 //! the tables (progress goes to stderr).
+//!
+//! `--peers` runs the comparison with ecdysis and plain hyper instead (`peers.rs`).
 
 use std::path::Path;
 use std::process::Command;
@@ -45,6 +47,8 @@ pub(crate) struct Options {
     pub(crate) starts: u32,
     pub(crate) scale: bool,
     pub(crate) json: bool,
+    /// Run the peers' comparison (`peers.rs`) instead.
+    pub(crate) peers: bool,
 }
 
 /// The loads whose throughput is compared.
@@ -58,6 +62,9 @@ const HANDOVER_OVERHEAD_TARGET: Duration = Duration::from_millis(5);
 const DELAYED_ACK_US: u64 = 40_000;
 
 pub(crate) fn run(options: &Options) -> Result<bool, String> {
+    if options.peers {
+        return crate::peers::run(options);
+    }
     let bin = procs::build_release(&["graceful-examples", "graceful-benches"])?;
     let scratch = procs::scratch_dir("bench")?;
     process::become_subreaper().map_err(|e| format!("cannot become a child subreaper: {e}"))?;
@@ -370,7 +377,7 @@ fn spread(sorted: &[u64]) -> [u64; 4] {
     ]
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
@@ -403,7 +410,7 @@ fn ratios(over: &[f64], under: &[f64]) -> Vec<f64> {
 }
 
 /// `93.1% (89.2–107.9)`: the median of per-round ratios, and their range.
-fn ratio_spread(values: &[f64]) -> String {
+pub(crate) fn ratio_spread(values: &[f64]) -> String {
     let (min, max) = values
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));

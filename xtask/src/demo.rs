@@ -246,7 +246,7 @@ fn upgrade_loop(
     Ok((done, exits))
 }
 
-fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<(), String> {
+pub(crate) fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + STEP;
     while !done() {
         if Instant::now() > deadline {

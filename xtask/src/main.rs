@@ -6,10 +6,13 @@
 //! - `bench [--duration 5s] [--rounds 3] [--interval 300ms] [--starts 20] [--no-scale] [--json]`:
 //!   throughput with and without upgrades and without graceful, handover latency against a bare
 //!   start, latency inside upgrade windows, and how costs grow; see `bench.rs`.
+//! - `bench --peers [--duration 3s] [--rounds 3] [--json]`: graceful against ecdysis and plain
+//!   hyper, with and without upgrades every second and every 300 ms; see `peers.rs`.
 
 mod bench;
 mod demo;
 mod load;
+mod peers;
 mod procs;
 
 use std::process::ExitCode;
@@ -20,7 +23,8 @@ use load::Mode;
 const USAGE: &str = "usage: cargo xtask demo [--mode all|short|keep-alive|h2|echo] \
                      [--upgrades 50] [--interval 300ms]\n       \
                      cargo xtask bench [--duration 5s] [--rounds 3] [--interval 300ms] \
-                     [--starts 20] [--no-scale] [--json]";
+                     [--starts 20] [--no-scale] [--json]\n       \
+                     cargo xtask bench --peers [--duration 3s] [--rounds 3] [--json]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -80,15 +84,23 @@ fn bench_options(mut args: impl Iterator<Item = String>) -> Result<bench::Option
         starts: 20,
         scale: true,
         json: false,
+        peers: false,
     };
+    let mut round_length = None;
+    // Flags of the default bench that `--peers` has no use for.
+    let mut not_for_peers = None;
     while let Some(flag) = args.next() {
+        if matches!(flag.as_str(), "--no-scale" | "--interval" | "--starts") {
+            not_for_peers = Some(flag.clone());
+        }
         match flag.as_str() {
             "--json" => options.json = true,
             "--no-scale" => options.scale = false,
+            "--peers" => options.peers = true,
             _ => {
                 let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
                 match flag.as_str() {
-                    "--duration" => options.duration = duration(&flag, &value)?,
+                    "--duration" => round_length = Some(duration(&flag, &value)?),
                     "--rounds" => options.rounds = positive(&flag, &value)?,
                     "--interval" => options.interval = duration(&flag, &value)?,
                     "--starts" => options.starts = positive(&flag, &value)?,
@@ -96,6 +108,21 @@ fn bench_options(mut args: impl Iterator<Item = String>) -> Result<bench::Option
                 }
             }
         }
+    }
+    // The peers' runs are more (18 a round), so each is shorter: about 4 minutes in all.
+    options.duration = round_length.unwrap_or(if options.peers {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(5)
+    });
+    if let (true, Some(flag)) = (options.peers, not_for_peers) {
+        return Err(format!(
+            "--peers upgrades every 1s and every 300ms and runs no scale probe or bare starts: \
+             {flag} does not apply"
+        ));
+    }
+    if options.peers && options.duration < Duration::from_secs(1) {
+        return Err("--peers upgrades once a second: --duration must be at least 1s".into());
     }
     if options.interval.is_zero() || options.interval > options.duration {
         return Err("--interval must be above zero and at most --duration".into());

@@ -114,7 +114,17 @@ impl Server {
         what: &str,
         matches: impl Fn(&Line) -> bool,
     ) -> Result<Line, String> {
-        let deadline = Instant::now() + STEP;
+        self.wait_for_within(what, STEP, matches)
+    }
+
+    /// The first line that matches, waiting up to `limit` for it.
+    pub(crate) fn wait_for_within(
+        &self,
+        what: &str,
+        limit: Duration,
+        matches: impl Fn(&Line) -> bool,
+    ) -> Result<Line, String> {
+        let deadline = Instant::now() + limit;
         let (list, changed) = &*self.lines;
         let mut lines = list.lock().unwrap();
         loop {
@@ -124,7 +134,7 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(format!(
-                    "gave up waiting {STEP:?} for {what}; the server's log is {}",
+                    "gave up waiting {limit:?} for {what}; the server's log is {}",
                     self.log.display()
                 ));
             }
@@ -134,10 +144,21 @@ impl Server {
 
     /// The `ready` line of a generation.
     pub(crate) fn wait_ready(&self, generation: u64) -> Result<Line, String> {
+        self.wait_ready_within(generation, STEP)
+    }
+
+    /// The `ready` line of a generation, waiting up to `limit` for it.
+    pub(crate) fn wait_ready_within(
+        &self,
+        generation: u64,
+        limit: Duration,
+    ) -> Result<Line, String> {
         let wanted = generation.to_string();
-        self.wait_for(&format!("generation {generation} to be ready"), |l| {
-            l.kind == "ready" && l.get("generation") == wanted
-        })
+        self.wait_for_within(
+            &format!("generation {generation} to be ready"),
+            limit,
+            |l| l.kind == "ready" && l.get("generation") == wanted,
+        )
     }
 
     /// A line of `kind` (`stopped`, `exited`) from the process `pid`.

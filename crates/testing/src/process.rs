@@ -24,6 +24,7 @@
 //! ```
 
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -100,6 +101,44 @@ pub fn reap_group(pgid: u32, timeout: Duration) -> bool {
 
 fn as_pid(pid: u32) -> Pid {
     Pid::from_raw(pid as libc::pid_t)
+}
+
+/// A process watched until it ends, whoever reaps it: its parent, this process as its
+/// subreaper, or nobody yet (a zombie has ended). Through a pidfd, so it must be opened while
+/// the process is known to be alive, before its pid could be reused.
+#[derive(Debug)]
+pub struct Watched {
+    pid: u32,
+    pidfd: OwnedFd,
+}
+
+impl Watched {
+    /// Starts watching process `pid`.
+    ///
+    /// # Errors
+    ///
+    /// `pidfd_open`'s: no such process (`ESRCH`), or a kernel older than Linux 5.3 (`ENOSYS`).
+    pub fn open(pid: u32) -> io::Result<Watched> {
+        Ok(Watched {
+            pid,
+            pidfd: crate::sys::pidfd(pid)?,
+        })
+    }
+
+    /// The watched pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Blocks until the process has ended or `timeout` has passed; returns whether it ended.
+    /// It does not reap it.
+    ///
+    /// # Errors
+    ///
+    /// `poll`'s, which on a pidfd means a bug.
+    pub fn wait_ended(&self, timeout: Duration) -> io::Result<bool> {
+        crate::sys::wait_readable(self.pidfd.as_fd(), timeout)
+    }
 }
 
 /// A child started in a process group of its own, with everything it starts: killed and
@@ -196,5 +235,22 @@ mod tests {
                 "pid {pid} of group {pgid} is still there (alive or a zombie)"
             );
         }
+    }
+
+    #[test]
+    fn a_watched_process_is_seen_to_end_before_anyone_reaps_it() {
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let watched = Watched::open(child.id()).unwrap();
+        assert_eq!(watched.pid(), child.id());
+        assert!(!watched.wait_ended(Duration::from_millis(20)).unwrap());
+        child.kill().unwrap();
+        // A zombie, not reaped yet: it has ended all the same.
+        assert!(
+            watched.wait_ended(Duration::from_secs(10)).unwrap(),
+            "pid {} did not end within 10 s of SIGKILL",
+            child.id()
+        );
+        child.wait().unwrap();
+        assert!(watched.wait_ended(Duration::ZERO).unwrap());
     }
 }

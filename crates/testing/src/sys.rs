@@ -7,7 +7,7 @@
 //! reap it instead of leaving it to init.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -76,6 +76,29 @@ pub(crate) fn pidfd(pid: u32) -> io::Result<OwnedFd> {
     }
     // SAFETY: a descriptor the kernel has just opened for us, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits until `fd` is readable or `timeout` has passed; returns whether it is readable.
+/// Retries after a signal, with what is left of the timeout.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut pollfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one pollfd, owned by this frame, for a descriptor the caller keeps open.
+        let ret = unsafe { libc::poll(&mut pollfd, 1, ms) };
+        match ret {
+            0 => return Ok(false),
+            1.. => return Ok(true),
+            _ if Errno::last() == Errno::EINTR => continue,
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
 }
 
 /// A close-on-exec pipe: (read end, write end).
