@@ -209,6 +209,8 @@ async fn serve(config: Config, start: Start) -> Result<(), String> {
         while let Some(accepted) = incoming.next().await {
             // Accept errors (EMFILE, a connection reset while queued) end no server.
             let Ok(stream) = accepted else { continue };
+            // As graceful::serve does, so that the peers are served like for like.
+            let _ = stream.set_nodelay(true);
             let connection = http
                 .serve_connection(TokioIo::new(stream), service_fn(peer::hello))
                 .into_owned();

@@ -67,6 +67,8 @@ async fn serve(addr: &str) -> Result<(), String> {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            // As graceful::serve does, so that the ceiling is served like for like.
+            let _ = stream.set_nodelay(true);
             let connection = http
                 .serve_connection(TokioIo::new(stream), service_fn(peer::hello))
                 .into_owned();
