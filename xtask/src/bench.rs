@@ -257,17 +257,7 @@ impl Bench<'_> {
             &["--addr", "127.0.0.1:0"],
             &self.scratch.join(format!("{server}.log")),
         )?;
-        let result = (|| {
-            let ready = process.wait_ready(1)?;
-            let load = Load::start(
-                &self.runtime,
-                mode,
-                ready.get("addr"),
-                demo::connections(mode),
-            )?;
-            std::thread::sleep(self.options.duration);
-            Ok(load.finish(&self.runtime))
-        })();
+        let result = steady_load(&self.runtime, &process, mode, self.options.duration);
         process.stop();
         result
     }
@@ -721,6 +711,20 @@ fn flatten(value: &Value) -> String {
     let mut out = Vec::new();
     walk("", value, &mut out);
     out.join(" ")
+}
+
+/// The demo's load of `mode` against `server`'s first generation for `duration`, the server
+/// left alone: a bench's run without upgrades.
+pub(crate) fn steady_load(
+    runtime: &Runtime,
+    server: &Server,
+    mode: Mode,
+    duration: Duration,
+) -> Result<Report, String> {
+    let ready = server.wait_ready(1)?;
+    let load = Load::start(runtime, mode, ready.get("addr"), demo::connections(mode))?;
+    std::thread::sleep(duration);
+    Ok(load.finish(runtime))
 }
 
 #[cfg(test)]

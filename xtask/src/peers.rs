@@ -37,7 +37,7 @@ use graceful_testing::load::percentile;
 use graceful_testing::process;
 use tokio::runtime::Runtime;
 
-use crate::bench::Options;
+use crate::bench::{self, Options};
 use crate::demo;
 use crate::load::{Load, Mode, Report};
 use crate::procs::{self, Server};
@@ -354,17 +354,7 @@ impl Peers<'_> {
     /// The load against `peer` left alone for `--duration`.
     fn steady(&self, peer: Peer, mode: Mode) -> Result<Report, String> {
         let server = self.start(peer)?;
-        let result = (|| {
-            let ready = server.wait_ready(1)?;
-            let load = Load::start(
-                &self.runtime,
-                mode,
-                ready.get("addr"),
-                demo::connections(mode),
-            )?;
-            std::thread::sleep(self.options.duration);
-            Ok(load.finish(&self.runtime))
-        })();
+        let result = bench::steady_load(&self.runtime, &server, mode, self.options.duration);
         server.stop();
         result
     }
