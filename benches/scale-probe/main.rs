@@ -259,9 +259,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// (`failed upgrade: <why>`) for the probe, which otherwise would only see no new generation.
 /// Must run inside the runtime.
 fn install_server() -> Result<graceful::Graceful, String> {
+    // No probation: the drain probe times the drain from the moment the listener ends, which a
+    // probation would put after the connections had already closed.
     let graceful = graceful::Builder::new()
         .upgrade_timeout(STEP)
         .upgrade_signal(None)
+        .probation(Duration::ZERO)
         .install()
         .map_err(|e| format!("cannot install graceful: {e}"))?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
