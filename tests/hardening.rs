@@ -329,3 +329,48 @@ async fn a_new_generation_names_its_real_parent_even_after_it_died() {
         .wait_log(&format!("parent_pid={old} generation=2"))
         .await;
 }
+
+/// A wrapper script that starts a background process and then execs the server: the
+/// background process holds the new generation's end of the link too, so the link's end of
+/// file does not come when the server dies. The old generation sees the death itself and rolls
+/// back; the background process, left in the new generation's process group, is killed.
+#[tokio::test]
+async fn a_successor_behind_a_wrapper_with_a_background_child_is_rolled_back_too() {
+    let bin = tempfile::tempdir().unwrap();
+    let path = bin.path().join("http-server");
+    let real = bin.path().join("http-server.real");
+    std::fs::copy(HTTP_SERVER, &path).unwrap();
+    std::fs::copy(HTTP_SERVER, &real).unwrap();
+    let server = Server::start(path.to_str().unwrap(), &["--probation", "60s"]).await;
+    let old = server.pid();
+
+    let background = bin.path().join("background");
+    let wrapper = bin.path().join("wrapper");
+    script(
+        &wrapper,
+        &format!(
+            "sleep 600 &\necho $! > {background}\nexec {real} \"$@\"\n",
+            background = background.display(),
+            real = real.display(),
+        ),
+    );
+    std::fs::rename(&wrapper, &path).unwrap();
+    let upgraded = server
+        .harness()
+        .upgrade()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sleeper: u32 = std::fs::read_to_string(&background)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(sleeper));
+    kill(Pid::from_raw(upgraded.pid as i32), Signal::SIGKILL).unwrap();
+    eventually("the rollback report", || !server.rollbacks().is_empty()).await;
+    assert_eq!(answered_by(&server).await, old);
+    eventually("the wrapper's background process to be killed", || {
+        !alive(sleeper)
+    })
+    .await;
+}

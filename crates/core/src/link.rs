@@ -21,7 +21,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::sys;
 
@@ -98,6 +98,9 @@ pub(crate) fn send_fd(link: BorrowedFd<'_>, message: &Message) -> io::Result<()>
 pub(crate) struct Reader {
     fd: OwnedFd,
     buf: Vec<u8>,
+    /// A pidfd of the process at the other end: its exit ends the reading like end of file,
+    /// even while something it started still holds its end of the link.
+    peer_exit: Option<OwnedFd>,
 }
 
 impl Reader {
@@ -105,7 +108,15 @@ impl Reader {
         Reader {
             fd,
             buf: Vec::new(),
+            peer_exit: None,
         }
+    }
+
+    /// Ends the reading at the exit of the process `peer_exit` (a pidfd) refers to, once
+    /// everything it sent has been read.
+    pub(crate) fn ending_at_exit(mut self, peer_exit: OwnedFd) -> Reader {
+        self.peer_exit = Some(peer_exit);
+        self
     }
 
     /// The end of the link this reader reads, for answering on it.
@@ -136,10 +147,14 @@ impl Reader {
                     "the other generation sent a line longer than 256 bytes",
                 ));
             }
-            if let Some(deadline) = deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if !sys::wait_readable(self.fd.as_fd(), left.max(Duration::ZERO))? {
-                    return Err(io::ErrorKind::TimedOut.into());
+            if deadline.is_some() || self.peer_exit.is_some() {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let peer_exit = self.peer_exit.as_ref().map(AsFd::as_fd);
+                match sys::wait_readable_either(self.fd.as_fd(), peer_exit, left)? {
+                    None => return Err(io::ErrorKind::TimedOut.into()),
+                    // The peer exited and sent nothing more: as good as end of file.
+                    Some(sys::Readable::Second) => return Ok(None),
+                    Some(sys::Readable::First) => {}
                 }
             }
             let mut chunk = [0u8; 128];

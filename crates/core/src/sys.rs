@@ -418,6 +418,75 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) ->
     }
 }
 
+/// Which of two descriptors became readable; see [`wait_readable_either`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readable {
+    First,
+    Second,
+}
+
+/// Waits until `first` or `second` is readable, for `timeout` at most (`None`: no limit);
+/// `None` when the time ran out. `first` wins when both are.
+pub(crate) fn wait_readable_either(
+    first: BorrowedFd<'_>,
+    second: Option<BorrowedFd<'_>>,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Option<Readable>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let (wait, left) = match deadline {
+            None => (PollTimeout::NONE, None),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let millis = u16::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(u16::MAX);
+                (PollTimeout::from(millis), Some(left))
+            }
+        };
+        let polled = match second {
+            None => poll(&mut [PollFd::new(first, PollFlags::POLLIN)], wait),
+            Some(second) => {
+                let mut both = [
+                    PollFd::new(first, PollFlags::POLLIN),
+                    PollFd::new(second, PollFlags::POLLIN),
+                ];
+                let polled = poll(&mut both, wait);
+                let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+                if polled.is_ok_and(|n| n > 0) && !ready(&both[0]) && ready(&both[1]) {
+                    return Ok(Some(Readable::Second));
+                }
+                polled
+            }
+        };
+        match polled {
+            Ok(0) if left.is_some_and(|l| l.is_zero()) => return Ok(None),
+            Ok(0) => continue,
+            Ok(_) => return Ok(Some(Readable::First)),
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// A pidfd for the child `pid`: readable once it has exited, whoever else still holds the
+/// descriptors it had (its link among them). Close-on-exec, as pidfds always are.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn pidfd(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor, or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel has just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Elsewhere there is no pidfd: the caller watches the link alone.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn pidfd(_pid: u32) -> io::Result<OwnedFd> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
 /// Sends SIGKILL to a process; a process that is already gone is not an error.
 pub(crate) fn kill_hard(pid: u32) {
     match kill(Pid::from_raw(pid as i32), Signal::SIGKILL) {

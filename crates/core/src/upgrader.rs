@@ -407,6 +407,14 @@ impl Upgrader {
         }
         lineage::check_generations(&**inner);
         let deadline = Instant::now() + probation;
+        // The child's exit, seen directly: a wrapper's background process may hold the link.
+        let reader = match sys::pidfd(child) {
+            Ok(pidfd) => reader.ending_at_exit(pidfd),
+            Err(err) => {
+                tracing::debug!(child_pid = child, %err, "watching the new generation by its link alone");
+                reader
+            }
+        };
         if let Err(err) = lineage::start_child_watcher(inner.clone(), child, reader, deadline) {
             tracing::warn!(%err, "cannot watch the new generation; its probation ends now");
             inner.retire(child, "the new generation cannot be watched");
