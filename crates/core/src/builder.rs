@@ -180,9 +180,9 @@ impl Builder {
                 .map_err(|e| Error::io("resolving this process's executable", e))?,
         };
         let inherited = env::take_once(pid)?;
-        let (fds, link, generation, join_pgid) = match inherited {
-            Some(i) => (i.fds, i.link, i.generation, i.pgid),
-            None => (Vec::new(), None, 1, None),
+        let (fds, link, handoff, generation, join_pgid) = match inherited {
+            Some(i) => (i.fds, i.link, i.handoff, i.generation, i.pgid),
+            None => (Vec::new(), None, None, 1, None),
         };
         let parent_reader = link
             .as_ref()
@@ -218,6 +218,7 @@ impl Builder {
                 registry,
                 report,
                 parent_link: link,
+                parent_handoff: handoff,
             },
             parent_reader,
         )?;

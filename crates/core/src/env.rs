@@ -12,6 +12,8 @@
 //! - `GRACEFUL_LINK_FD`: the child's end of a Unix stream socket to its parent, placed right
 //!   after the `LISTEN_FDS` range. The child writes `ready` on it; each side sees end of file
 //!   when the other exits.
+//! - `GRACEFUL_HANDOFF_FD`: the child's end of the hand-off channel to its parent (state and
+//!   live connections, `handoff.rs`), right after the link.
 //! - `GRACEFUL_GENERATION`: 1 for a process started by hand, 2 for its first successor, …
 //! - `GRACEFUL_PGID`: the process group the new generation moves into once it is ready (its
 //!   parent's); it runs in a group of its own until then (see `spawn.rs`).
@@ -51,15 +53,17 @@ pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
 pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub(crate) const LINK_FD: &str = "GRACEFUL_LINK_FD";
+pub(crate) const HANDOFF_FD: &str = "GRACEFUL_HANDOFF_FD";
 pub(crate) const GENERATION: &str = "GRACEFUL_GENERATION";
 pub(crate) const PGID: &str = "GRACEFUL_PGID";
 
 /// Every variable of the protocol; a new generation gets fresh values for all of them.
-pub(crate) const ALL: [&str; 6] = [
+pub(crate) const ALL: [&str; 7] = [
     LISTEN_PID,
     LISTEN_FDS,
     LISTEN_FDNAMES,
     LINK_FD,
+    HANDOFF_FD,
     GENERATION,
     PGID,
 ];
@@ -72,6 +76,7 @@ const UNKNOWN: &str = "unknown";
 pub(crate) struct Announced {
     pub(crate) names: Vec<String>,
     pub(crate) link_fd: Option<RawFd>,
+    pub(crate) handoff_fd: Option<RawFd>,
     pub(crate) generation: u64,
     /// The process group to join once ready.
     pub(crate) pgid: Option<i32>,
@@ -83,6 +88,7 @@ pub(crate) struct Inherited {
     /// `(name, fd)` in descriptor order, starting at fd 3.
     pub(crate) fds: Vec<(String, OwnedFd)>,
     pub(crate) link: Option<OwnedFd>,
+    pub(crate) handoff: Option<OwnedFd>,
     pub(crate) generation: u64,
     pub(crate) pgid: Option<i32>,
 }
@@ -158,6 +164,23 @@ pub(crate) fn announced(
         }
     };
 
+    let handoff_fd = match text(&var, HANDOFF_FD)? {
+        None => None,
+        Some(value) => {
+            let fd: RawFd = parse(HANDOFF_FD, &value, "is not a descriptor number")?;
+            let listed = FIRST_FD..FIRST_FD + count as RawFd;
+            if link_fd.is_none() || fd < FIRST_FD || listed.contains(&fd) || Some(fd) == link_fd {
+                return Err(bad(
+                    HANDOFF_FD,
+                    &value,
+                    "must come with GRACEFUL_LINK_FD and name a descriptor above 2, outside the \
+                     LISTEN_FDS range, other than the link",
+                ));
+            }
+            Some(fd)
+        }
+    };
+
     let generation = match text(&var, GENERATION)? {
         None if link_fd.is_some() => 2,
         None => 1,
@@ -189,6 +212,7 @@ pub(crate) fn announced(
     Ok(Some(Announced {
         names,
         link_fd,
+        handoff_fd,
         generation,
         pgid,
     }))
@@ -283,23 +307,37 @@ pub(crate) fn take(announced: Announced) -> Result<Inherited> {
     for fd in listed.clone() {
         check_inherited(LISTEN_FDS, &count_text, fd)?;
     }
-    if let Some(fd) = announced.link_fd {
-        check_inherited(LINK_FD, &fd.to_string(), fd)?;
+    for (var, fd) in [
+        (LINK_FD, announced.link_fd),
+        (HANDOFF_FD, announced.handoff_fd),
+    ] {
+        let Some(fd) = fd else { continue };
+        check_inherited(var, &fd.to_string(), fd)?;
         // Inspected by number: it is not ours until every announced descriptor is checked.
         match sys::file_type(fd) {
             Ok(sys::FileType::Socket) => {}
             Ok(found) => {
                 return Err(Error::Environment {
-                    var: LINK_FD,
+                    var,
                     value: fd.to_string(),
                     problem: format!("names fd {fd}, which is {found}, not a socket"),
                 });
             }
-            Err(source) => return Err(Error::io("inspecting GRACEFUL_LINK_FD", source)),
+            Err(source) => {
+                let context = if var == LINK_FD {
+                    "inspecting GRACEFUL_LINK_FD"
+                } else {
+                    "inspecting GRACEFUL_HANDOFF_FD"
+                };
+                return Err(Error::io(context, source));
+            }
         }
     }
-
-    for fd in listed.clone().chain(announced.link_fd) {
+    for fd in listed
+        .clone()
+        .chain(announced.link_fd)
+        .chain(announced.handoff_fd)
+    {
         sys::set_cloexec_raw(fd).map_err(|e| Error::io("setting FD_CLOEXEC", e))?;
     }
     // Each fd is open, was inherited (it survived exec: FD_CLOEXEC was clear), the environment
@@ -316,9 +354,11 @@ pub(crate) fn take(announced: Announced) -> Result<Inherited> {
         .map(|(name, fd)| (name, own(fd)))
         .collect();
     let link = announced.link_fd.map(own);
+    let handoff = announced.handoff_fd.map(own);
     Ok(Inherited {
         fds,
         link,
+        handoff,
         generation: announced.generation,
         pgid: announced.pgid,
     })

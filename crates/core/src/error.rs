@@ -43,6 +43,34 @@ pub enum Error {
         problem: String,
     },
 
+    /// The previous generation handed over a state of a version this build does not read.
+    ///
+    /// Returned by [`Upgrader::inherited_state`](crate::Upgrader::inherited_state); a new
+    /// generation that returns it before `ready()` fails to start, and the previous one serves
+    /// on with its state.
+    #[error(
+        "the previous generation handed over state version {found}; pid {pid} reads versions \
+         {accepted:?}"
+    )]
+    StateVersion {
+        /// This process.
+        pid: u32,
+        /// The version that came.
+        found: u32,
+        /// The versions this build reads.
+        accepted: std::ops::RangeInclusive<u32>,
+    },
+
+    /// The hand-off of state or connections between generations failed, or was asked for at
+    /// the wrong time.
+    #[error("hand-off in pid {pid}: {problem}")]
+    HandOff {
+        /// This process.
+        pid: u32,
+        /// What went wrong.
+        problem: String,
+    },
+
     /// A descriptor announced by the environment is not open in this process.
     #[error("{var} announces fd {fd}, but fd {fd} is not open in this process")]
     InheritedFdMissing {

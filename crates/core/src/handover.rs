@@ -208,6 +208,7 @@ impl Handover {
                 names,
                 fds: self.fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect(),
                 link: theirs.as_raw_fd(),
+                handoff: None,
                 generation: 1,
                 join_our_group: !self.process_group,
                 setup: Setup {
@@ -296,7 +297,16 @@ impl Started {
     /// time, everything the process started in its process group has been killed as well.
     pub fn wait_ready(mut self, timeout: Duration) -> Result<u32> {
         let deadline = Instant::now() + timeout;
-        successor::wait_ready(&mut self.link, self.pid, deadline, timeout, || {})?;
+        successor::wait_ready(
+            &mut self.link,
+            self.pid,
+            deadline,
+            timeout,
+            || {},
+            |other| {
+                tracing::debug!(?other, "ignoring a message before ready");
+            },
+        )?;
         Ok(self.pid)
     }
 }

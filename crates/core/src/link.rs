@@ -11,6 +11,8 @@
 //! - `stopping`: the child stops for good (a stop signal, not a crash): a parent on probation
 //!   must not take it for a failure and roll back.
 //! - `rollback`: the child asks its parent, on probation, to serve again and to stop it.
+//! - `takes TAG…`: sent just before `ready`, the protocols whose live connections the child
+//!   takes over the hand-off channel (`handoff.rs`); the parent hands over no other.
 //!
 //! Parent to child:
 //! - `resumed PID`: the answer to `rollback`; the parent serves again.
@@ -26,7 +28,7 @@ use std::time::Instant;
 use crate::sys;
 
 /// Longest line accepted; anything longer is a protocol error.
-const MAX_LINE: usize = 256;
+pub(crate) const MAX_LINE: usize = 256;
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Message {
@@ -34,6 +36,7 @@ pub(crate) enum Message {
     Descendants(usize),
     Stopping,
     Rollback,
+    Takes(Vec<String>),
     Resumed(u32),
     Refused(String),
     Stop,
@@ -47,6 +50,7 @@ impl Message {
             Message::Descendants(n) => format!("descendants {n}\n").into_bytes(),
             Message::Stopping => b"stopping\n".to_vec(),
             Message::Rollback => b"rollback\n".to_vec(),
+            Message::Takes(tags) => format!("takes {}\n", tags.join(" ")).into_bytes(),
             Message::Resumed(pid) => format!("resumed {pid}\n").into_bytes(),
             Message::Refused(reason) => format!("refused {}\n", one_line(reason)).into_bytes(),
             Message::Stop => b"stop\n".to_vec(),
@@ -65,6 +69,7 @@ impl Message {
                 _ => unknown(),
             },
             Some(("descendants", n)) => n.parse().map_or_else(|_| unknown(), Message::Descendants),
+            Some(("takes", tags)) => Message::Takes(tags.split(' ').map(str::to_owned).collect()),
             Some(("resumed", pid)) => pid.parse().map_or_else(|_| unknown(), Message::Resumed),
             Some(("refused", reason)) => Message::Refused(reason.to_owned()),
             _ => unknown(),
@@ -178,6 +183,7 @@ mod tests {
         let others = [
             Message::Stopping,
             Message::Rollback,
+            Message::Takes(vec!["echo".into(), "ws".into()]),
             Message::Resumed(42),
             Message::Refused("not on probation".into()),
             Message::Stop,

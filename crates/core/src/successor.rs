@@ -39,6 +39,8 @@ pub(crate) struct Next<'a> {
     pub(crate) fds: Vec<std::os::fd::RawFd>,
     /// The new process's end of the readiness link, placed right after `fds`.
     pub(crate) link: std::os::fd::RawFd,
+    /// Its end of the hand-off channel, placed right after the link.
+    pub(crate) handoff: Option<std::os::fd::RawFd>,
     /// Its generation number.
     pub(crate) generation: u64,
     /// Whether it moves into this process's group once ready (`GRACEFUL_PGID`); it leads a
@@ -59,6 +61,7 @@ pub(crate) fn start(next: Next<'_>, exec_timeout: Duration) -> Result<u32> {
     let count = next.names.len();
     let mut fds = next.fds;
     fds.push(next.link);
+    fds.extend(next.handoff);
     let mut vars: Vec<(OsString, OsString)> = next
         .env
         .into_iter()
@@ -73,6 +76,10 @@ pub(crate) fn start(next: Next<'_>, exec_timeout: Duration) -> Result<u32> {
         ]
         .map(|(k, v)| (k.into(), v.into())),
     );
+    if next.handoff.is_some() {
+        let fd = FIRST_FD as usize + count + 1;
+        vars.push((env::HANDOFF_FD.into(), fd.to_string().into()));
+    }
     if next.join_our_group {
         vars.push((env::PGID.into(), sys::process_group().to_string().into()));
     }
@@ -93,8 +100,9 @@ pub(crate) fn start(next: Next<'_>, exec_timeout: Duration) -> Result<u32> {
 /// Waits on the link until process `pid` says `ready`, until `deadline` at most (`timeout` is
 /// the bound reported in [`Error::Timeout`]).
 ///
-/// On failure the process has been killed with its group and reaped; `forget` runs first, for
-/// a caller that must stop signalling the pid before it can be reused.
+/// Other messages before `ready` go to `on_message`. On failure the process has been killed
+/// with its group and reaped; `forget` runs first, for a caller that must stop signalling the
+/// pid before it can be reused.
 ///
 /// # Errors
 ///
@@ -106,11 +114,12 @@ pub(crate) fn wait_ready(
     deadline: Instant,
     timeout: Duration,
     forget: impl Fn(),
+    mut on_message: impl FnMut(Message),
 ) -> Result<()> {
     loop {
         match link.next_until(deadline) {
             Ok(Some(Message::Ready)) => return Ok(()),
-            Ok(Some(other)) => tracing::debug!(?other, "ignoring a message before ready"),
+            Ok(Some(other)) => on_message(other),
             Ok(None) => {
                 // It closed the link: it exited. Killing a zombie is harmless and makes sure
                 // nothing lingers if it only closed the descriptor; its group goes too, with

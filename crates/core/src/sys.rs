@@ -645,3 +645,89 @@ pub(crate) fn open_nofollow(path: &Path) -> io::Result<Option<File>> {
         Err(err) => Err(err),
     }
 }
+
+/// Waits until `fd` can take more bytes or `timeout` runs out; returns whether it can.
+pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let millis = u16::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) if left.is_zero() => return Ok(false),
+            Ok(0) => continue,
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// The most descriptors one message may carry (the kernel's SCM_MAX_FD).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// Sends part of `buf` on a stream socket without waiting, with `fds` attached to its first
+/// byte (SCM_RIGHTS); returns how many bytes went. A peer that has gone is an error, never
+/// SIGPIPE; a full socket is `WouldBlock`.
+pub(crate) fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let iov = [io::IoSlice::new(buf)];
+    let rights = [socket::ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[socket::ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    let flags = socket::MsgFlags::MSG_NOSIGNAL | socket::MsgFlags::MSG_DONTWAIT;
+    loop {
+        match socket::sendmsg::<()>(socket.as_raw_fd(), &iov, cmsgs, flags, None) {
+            Err(Errno::EINTR) => continue,
+            other => return cvt(other),
+        }
+    }
+}
+
+/// Receives what a stream socket holds now, without waiting, into `buf`; descriptors that
+/// came with it are appended to `fds`, close-on-exec. Returns the byte count (zero: end of
+/// file) and whether the kernel had to drop descriptors sent with these bytes (the process is
+/// at its descriptor limit, or more came than one message may carry): those are gone. Nothing
+/// there yet is `WouldBlock`.
+pub(crate) fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<(usize, bool)> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let cloexec = socket::MsgFlags::MSG_CMSG_CLOEXEC;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let cloexec = socket::MsgFlags::empty();
+    let flags = socket::MsgFlags::MSG_DONTWAIT | cloexec;
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let (bytes, truncated, received) = loop {
+        match socket::recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+            Ok(msg) => {
+                let mut received = Vec::new();
+                for message in msg.cmsgs().map_err(io::Error::from)? {
+                    if let socket::ControlMessageOwned::ScmRights(raw) = message {
+                        received.extend(raw);
+                    }
+                }
+                let truncated = msg.flags.contains(socket::MsgFlags::MSG_CTRUNC);
+                break (msg.bytes, truncated, received);
+            }
+        }
+    };
+    for fd in received {
+        // SAFETY: the kernel just installed this descriptor in this process for this
+        // message; nothing else knows its number.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        set_cloexec_raw(owned.as_raw_fd())?;
+        fds.push(owned);
+    }
+    Ok((bytes, truncated))
+}

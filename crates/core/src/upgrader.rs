@@ -45,6 +45,7 @@ use crate::spawn::Setup;
 use crate::successor::{self, Next};
 use crate::sys;
 
+mod handoff;
 mod probation;
 
 /// Performs zero-downtime upgrades of this process: inherits or creates its sockets, reports
@@ -73,6 +74,8 @@ pub(crate) struct Parts {
     pub(crate) report: report::Channel,
     /// Our end of the link to the parent, if started by an upgrade.
     pub(crate) parent_link: Option<OwnedFd>,
+    /// Our end of the hand-off channel to the parent, if it opened one.
+    pub(crate) parent_handoff: Option<OwnedFd>,
 }
 
 /// The settings an upgrader runs with, resolved by the build.
@@ -114,6 +117,7 @@ pub(crate) struct Inner {
     /// harness started the server.
     report: report::Channel,
     replaced: Event,
+    handoffs: handoff::HandOffs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +189,7 @@ impl Upgrader {
             notifier: Notifier::from_env(|key| std::env::var_os(key)),
             report: parts.report,
             replaced: Event::new(),
+            handoffs: handoff::HandOffs::new(parts.parent_handoff),
         });
         if let Some(reader) = parent_reader {
             lineage::start_parent_watcher(inner.clone(), reader)
@@ -264,6 +269,11 @@ impl Upgrader {
                 ),
             }
         }
+        if let Some(takes) = inner.handoffs.announcement() {
+            if let Some(Err(err)) = inner.lineage.tell_parent(&takes) {
+                tracing::debug!(%err, "cannot announce the connections this generation takes");
+            }
+        }
         let told = inner.lineage.tell_parent(&Message::Ready);
         if let Some(Err(err)) = &told {
             tracing::warn!(
@@ -339,7 +349,7 @@ impl Upgrader {
         )));
         let started = inner.start_successor();
         inner.starting_link().take();
-        let started = started.and_then(|(child, reader)| {
+        let started = started.and_then(|(child, reader, successor)| {
             // A stop that came while the child got ready still wins.
             if inner.stopping.load(Ordering::SeqCst) {
                 if let Err(err) = inner.end_child(child) {
@@ -347,10 +357,10 @@ impl Upgrader {
                 }
                 return Err(Error::UpgradeCancelled { pid: inner.pid });
             }
-            Ok((child, reader))
+            Ok((child, reader, successor))
         });
         let mut state = inner.state();
-        let (child, reader) = match started {
+        let (child, reader, successor) = match started {
             Ok(started) => started,
             Err(err) => {
                 *state = State::Ready;
@@ -375,12 +385,14 @@ impl Upgrader {
                     ));
                 }
                 inner.report.upgrade_failed(inner.pid, &err);
+                inner.handoffs.undo_if_given(inner.pid);
                 return Err(err);
             }
         };
         let probation = inner.config.probation;
         *state = State::Probation { successor: child };
         drop(state);
+        inner.handoffs.set_successor(successor);
         // Stop accepting first: whoever learns of the upgrade next finds the new one serving.
         inner.emit(&Transition::Replaced { successor: child });
         // Before anything lets this process stop accepting or exit: the manager must know the
@@ -602,8 +614,9 @@ impl Inner {
         &self.config
     }
 
-    /// Starts the next generation and waits for its `ready`.
-    fn start_successor(&self) -> Result<(u32, Reader)> {
+    /// Starts the next generation and waits for its `ready`; returns its pid, the link to it,
+    /// and the hand-off channel to it if it takes connections.
+    fn start_successor(&self) -> Result<(u32, Reader, Option<crate::handoff::Successor>)> {
         let config = &self.config;
         let span = tracing::info_span!(
             "upgrade",
@@ -618,6 +631,11 @@ impl Inner {
         let (ours, theirs) = sys::socketpair().map_err(|e| Error::io("creating the link", e))?;
         *self.starting_link() =
             Some(sys::dup_cloexec(ours.as_fd()).map_err(|e| Error::io("duplicating the link", e))?);
+        let (handoff_ours, handoff_theirs) =
+            crate::handoff::channel().map_err(|e| Error::io("creating the hand-off channel", e))?;
+        let state_server = sys::dup_cloexec(handoff_ours.as_fd())
+            .and_then(|socket| handoff::StateServer::start(self, socket, deadline))
+            .map_err(|e| Error::io("starting the hand-off thread", e))?;
         let child = {
             let registry = self.registry();
             let (names, fds) = registry.handover();
@@ -635,6 +653,7 @@ impl Inner {
                     names,
                     fds,
                     link: theirs.as_raw_fd(),
+                    handoff: Some(handoff_theirs.as_raw_fd()),
                     generation: self.generation + 1,
                     join_our_group: true,
                     setup: Setup::default(),
@@ -643,6 +662,7 @@ impl Inner {
             )?
         };
         drop(theirs);
+        drop(handoff_theirs);
         span.record("child_pid", child);
         {
             let mut state = self.state();
@@ -661,15 +681,32 @@ impl Inner {
         );
 
         let mut reader = Reader::new(ours);
-        successor::wait_ready(&mut reader, child, deadline, config.upgrade_timeout, || {
-            self.forget_child()
-        })?;
+        let mut takes = Vec::new();
+        let ready = successor::wait_ready(
+            &mut reader,
+            child,
+            deadline,
+            config.upgrade_timeout,
+            || self.forget_child(),
+            |message| match message {
+                Message::Takes(tags) => takes = tags,
+                other => tracing::debug!(?other, "ignoring a message before ready"),
+            },
+        );
+        // Whatever the outcome, the state has been handed over or will not be any more.
+        state_server.finish();
+        ready?;
         tracing::info!(
             child_pid = child,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "new generation is ready; this one is replaced"
         );
-        Ok((child, reader))
+        let successor = (!takes.is_empty()).then(|| crate::handoff::Successor {
+            pid: child,
+            socket: handoff_ours,
+            tags: takes,
+        });
+        Ok((child, reader, successor))
     }
 
     /// Forgets the new process under the state lock, before it is reaped, so that a

@@ -80,6 +80,7 @@ impl Inner {
             *state = State::Replaced { successor };
         }
         self.registry().release();
+        self.handoffs.settle();
         self.replaced.set();
         tracing::info!(
             pid = self.pid,
@@ -147,6 +148,8 @@ impl Inner {
             reason: reason.to_owned(),
         });
         self.lineage.set_descendants(0);
+        self.handoffs.set_successor(None);
+        self.handoffs.undo_if_given(self.pid);
         self.emit(&Transition::RolledBack {
             successor,
             reason: reason.to_owned(),

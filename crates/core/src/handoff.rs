@@ -1,0 +1,625 @@
+//! The hand-off channel between two generations: the application's state and its live
+//! connections, with their descriptors. For runtime adapters; applications use the adapter's
+//! API (`graceful::Graceful::hand_off`, `handed_over`, `inherited_state`).
+//!
+//! Each upgrade creates a Unix stream socket of its own for this, next to the readiness link
+//! (which carries lines): the new generation finds its end through `GRACEFUL_HANDOFF_FD`. A
+//! process that does not know the variable (an older build) never reads it, and is never sent
+//! anything it did not ask for: state only on request, connections only under the tags it
+//! announced on the link (`takes TAG…`, before `ready`).
+//!
+//! # Frames
+//!
+//! An 8-byte header (kind, a zero byte, the descriptor count as u16 and the payload length as
+//! u32, both big-endian), then the payload. A frame's descriptors travel as SCM_RIGHTS with its
+//! first byte; the kernel hands them out with the bytes they were sent with, so a reader takes
+//! each frame's descriptors, in order, from those received so far.
+//!
+//! | kind | from | payload | descriptors |
+//! |------|------|---------|-------------|
+//! | [`Frame::StateRequest`] | new | none | none |
+//! | [`Frame::State`] | old | version (u32), then the application's bytes | the state's |
+//! | [`Frame::NoState`] | old | none | none |
+//! | [`Frame::Connection`] | old | tag length (u8), tag, record | the connection |
+//!
+//! Every size is bounded ([`MAX_STATE_BYTES`], [`MAX_STATE_FDS`], [`MAX_TAG`],
+//! [`MAX_RECORD`]); a frame over a bound is a protocol error that ends the channel.
+//!
+//! Both ends are used without blocking ([`OutFrame::try_send`], [`FrameReader::try_next`]), so
+//! an async runtime can drive them from its reactor; the `*_until` methods wait with `poll`
+//! for synchronous callers.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use crate::sys;
+
+/// The most bytes a state may have: it is read whole, before the new generation is ready.
+pub const MAX_STATE_BYTES: usize = 64 << 20;
+/// The most descriptors a state may carry (what one message can carry).
+pub const MAX_STATE_FDS: usize = sys::MAX_FDS_PER_MESSAGE;
+/// The longest tag naming the protocol of a handed-over connection.
+pub const MAX_TAG: usize = 64;
+/// The most bytes a connection's record may have: its protocol state and the input read but
+/// not processed yet.
+pub const MAX_RECORD: usize = 64 << 10;
+
+/// An application's state, as its writer saves it for the next generation and as the next
+/// generation inherits it: bytes in a format of the application's, the version of that format,
+/// and descriptors (files, sockets, memfds) that go with it.
+#[derive(Debug, Default)]
+pub struct SavedState {
+    /// The version of the format of `bytes`: the reader refuses versions it does not know.
+    pub version: u32,
+    /// The application's bytes, at most [`MAX_STATE_BYTES`].
+    pub bytes: Vec<u8>,
+    /// Descriptors that go with them, at most [`MAX_STATE_FDS`], in order.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl SavedState {
+    /// A state of `version` with `bytes` and no descriptors.
+    pub fn new(version: u32, bytes: impl Into<Vec<u8>>) -> SavedState {
+        SavedState {
+            version,
+            bytes: bytes.into(),
+            fds: Vec::new(),
+        }
+    }
+
+    /// Adds a descriptor.
+    #[must_use]
+    pub fn with_fd(mut self, fd: OwnedFd) -> SavedState {
+        self.fds.push(fd);
+        self
+    }
+}
+
+/// The channel to a successor that is ready, for handing connections over: a duplicate of
+/// this generation's end, the successor's pid, and the tags it takes.
+#[derive(Debug)]
+pub struct Successor {
+    /// The successor's pid.
+    pub pid: u32,
+    /// This generation's end of the channel.
+    pub socket: OwnedFd,
+    /// The tags of the connections it takes; others are not to be sent.
+    pub tags: Vec<String>,
+}
+
+const HEADER: usize = 8;
+const STATE_REQUEST: u8 = 1;
+const STATE: u8 = 2;
+const NO_STATE: u8 = 3;
+const CONNECTION: u8 = 4;
+
+/// One message of the hand-off channel.
+#[non_exhaustive]
+pub enum Frame {
+    /// The new generation asks for the state.
+    StateRequest,
+    /// The old generation's state.
+    State {
+        /// The application's version of the format of `bytes`.
+        version: u32,
+        /// The application's bytes.
+        bytes: Vec<u8>,
+        /// The descriptors that go with them, in the order they were given.
+        fds: Vec<OwnedFd>,
+    },
+    /// The old generation has no state to give.
+    NoState,
+    /// A live connection.
+    Connection {
+        /// The protocol it speaks, as its sender and receiver agreed.
+        tag: String,
+        /// Its protocol state and the input read but not processed yet.
+        record: Vec<u8>,
+        /// The connected socket.
+        fd: OwnedFd,
+    },
+    /// A connection whose descriptor the kernel dropped on the way (this process is at its
+    /// descriptor limit): it is gone, its client sees it closed.
+    LostConnection {
+        /// Its tag.
+        tag: String,
+    },
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Frame::StateRequest => f.write_str("StateRequest"),
+            Frame::State {
+                version,
+                bytes,
+                fds,
+            } => f
+                .debug_struct("State")
+                .field("version", version)
+                .field("bytes", &bytes.len())
+                .field("fds", &fds.len())
+                .finish(),
+            Frame::NoState => f.write_str("NoState"),
+            Frame::Connection { tag, record, fd } => f
+                .debug_struct("Connection")
+                .field("tag", tag)
+                .field("record", &record.len())
+                .field("fd", fd)
+                .finish(),
+            Frame::LostConnection { tag } => {
+                f.debug_struct("LostConnection").field("tag", tag).finish()
+            }
+        }
+    }
+}
+
+fn invalid(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+/// A frame on its way out, sent in as many steps as the socket needs.
+pub struct OutFrame<'a> {
+    bytes: Vec<u8>,
+    sent: usize,
+    fds: Vec<BorrowedFd<'a>>,
+}
+
+impl fmt::Debug for OutFrame<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutFrame")
+            .field("kind", &self.bytes[0])
+            .field("len", &self.bytes.len())
+            .field("sent", &self.sent)
+            .field("fds", &self.fds.len())
+            .finish()
+    }
+}
+
+impl<'a> OutFrame<'a> {
+    fn new(kind: u8, payload: &[&[u8]], fds: Vec<BorrowedFd<'a>>) -> OutFrame<'a> {
+        let len: usize = payload.iter().map(|p| p.len()).sum();
+        let mut bytes = Vec::with_capacity(HEADER + len);
+        bytes.push(kind);
+        bytes.push(0);
+        bytes.extend_from_slice(&(fds.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(&(len as u32).to_be_bytes());
+        for part in payload {
+            bytes.extend_from_slice(part);
+        }
+        OutFrame {
+            bytes,
+            sent: 0,
+            fds,
+        }
+    }
+
+    /// The new generation's request for the state.
+    pub fn state_request() -> OutFrame<'static> {
+        OutFrame::new(STATE_REQUEST, &[], Vec::new())
+    }
+
+    /// The answer that there is no state.
+    pub fn no_state() -> OutFrame<'static> {
+        OutFrame::new(NO_STATE, &[], Vec::new())
+    }
+
+    /// A state: `version`, `bytes` and `fds`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` when it exceeds [`MAX_STATE_BYTES`] or [`MAX_STATE_FDS`].
+    pub fn state(version: u32, bytes: &[u8], fds: Vec<BorrowedFd<'a>>) -> io::Result<Self> {
+        if bytes.len() > MAX_STATE_BYTES || fds.len() > MAX_STATE_FDS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the state has {} bytes and {} descriptors; at most {MAX_STATE_BYTES} bytes \
+                     and {MAX_STATE_FDS} descriptors can be handed over",
+                    bytes.len(),
+                    fds.len()
+                ),
+            ));
+        }
+        Ok(OutFrame::new(STATE, &[&version.to_be_bytes(), bytes], fds))
+    }
+
+    /// A connection `fd` speaking `tag`, with its `record`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` when the tag is empty or longer than [`MAX_TAG`], or the record longer
+    /// than [`MAX_RECORD`].
+    pub fn connection(tag: &str, record: &[u8], fd: BorrowedFd<'a>) -> io::Result<Self> {
+        check_tag(tag)?;
+        if record.len() > MAX_RECORD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the record of a {tag:?} connection has {} bytes; at most {MAX_RECORD} can \
+                     be handed over",
+                    record.len()
+                ),
+            ));
+        }
+        Ok(OutFrame::new(
+            CONNECTION,
+            &[&[tag.len() as u8], tag.as_bytes(), record],
+            vec![fd],
+        ))
+    }
+
+    /// Whether any of it has gone out. From then on it must be finished: the channel carries
+    /// nothing else until it is.
+    pub fn started(&self) -> bool {
+        self.sent > 0
+    }
+
+    /// Sends as much as the socket takes now; `Ok(true)` once all of it has gone.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` when the socket is full (try again once it is writable); any other error
+    /// ends the channel (the peer has gone).
+    pub fn try_send(&mut self, socket: BorrowedFd<'_>) -> io::Result<bool> {
+        while self.sent < self.bytes.len() {
+            let fds: &[BorrowedFd<'_>] = if self.sent == 0 { &self.fds } else { &[] };
+            let n = sys::send_with_fds(socket, &self.bytes[self.sent..], fds)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.sent += n;
+        }
+        Ok(true)
+    }
+
+    /// Sends all of it, waiting for room until `deadline` at most.
+    ///
+    /// # Errors
+    ///
+    /// `TimedOut` when the deadline passed first; otherwise as [`try_send`](Self::try_send).
+    pub fn send_until(&mut self, socket: BorrowedFd<'_>, deadline: Instant) -> io::Result<()> {
+        loop {
+            match self.try_send(socket) {
+                Ok(_) => return Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || !sys::wait_writable(socket, left)? {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+/// Checks a tag: 1 to [`MAX_TAG`] printable ASCII characters, no space.
+///
+/// # Errors
+///
+/// `InvalidInput`, naming the tag and what is wrong with it.
+pub fn check_tag(tag: &str) -> io::Result<()> {
+    if tag.is_empty() || tag.len() > MAX_TAG || !tag.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a hand-off tag has 1 to {MAX_TAG} printable ASCII characters and no space; \
+                 {tag:?} does not"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads frames from one end of the channel.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+    /// The kernel dropped descriptors since the last frame that found all of its own.
+    lost_fds: bool,
+    eof: bool,
+}
+
+impl FrameReader {
+    /// A reader with nothing read yet.
+    pub fn new() -> FrameReader {
+        FrameReader::default()
+    }
+
+    /// The next frame if one has arrived whole; `Ok(None)` at end of file (the other
+    /// generation closed its end or exited).
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` when no whole frame is there yet (try again once the socket is readable);
+    /// `InvalidData` for a frame that breaks the protocol, and any error of the socket: both
+    /// end the channel.
+    pub fn try_next(&mut self, socket: BorrowedFd<'_>) -> io::Result<Option<Frame>> {
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(Some(frame));
+            }
+            if self.eof {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(invalid(format!(
+                        "the hand-off channel ended in the middle of a frame ({} bytes of it)",
+                        self.buf.len()
+                    )))
+                };
+            }
+            self.fill(socket)?;
+        }
+    }
+
+    /// The next frame, waiting until `deadline` at most; `Ok(None)` at end of file.
+    ///
+    /// # Errors
+    ///
+    /// `TimedOut` when the deadline passed first; otherwise as [`try_next`](Self::try_next).
+    pub fn next_until(
+        &mut self,
+        socket: BorrowedFd<'_>,
+        deadline: Instant,
+    ) -> io::Result<Option<Frame>> {
+        loop {
+            match self.try_next(socket) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || !sys::wait_readable(socket, left)? {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn fill(&mut self, socket: BorrowedFd<'_>) -> io::Result<()> {
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut fds = Vec::new();
+        let (n, dropped) = sys::recv_with_fds(socket, &mut chunk, &mut fds)?;
+        self.fds.extend(fds);
+        self.lost_fds |= dropped;
+        if n == 0 {
+            self.eof = true;
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    fn parse(&mut self) -> io::Result<Option<Frame>> {
+        if self.buf.len() < HEADER {
+            return Ok(None);
+        }
+        let kind = self.buf[0];
+        let nfds = usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]]));
+        let len = u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]) as usize;
+        let (max_len, max_fds) = match kind {
+            STATE_REQUEST | NO_STATE => (0, 0),
+            STATE => (4 + MAX_STATE_BYTES, MAX_STATE_FDS),
+            CONNECTION => (1 + MAX_TAG + MAX_RECORD, 1),
+            other => return Err(invalid(format!("unknown hand-off frame kind {other}"))),
+        };
+        if self.buf[1] != 0 || len > max_len || nfds > max_fds {
+            return Err(invalid(format!(
+                "a hand-off frame of kind {kind} with {len} bytes and {nfds} descriptors is \
+                 over its bounds ({max_len} bytes, {max_fds} descriptors)"
+            )));
+        }
+        if self.buf.len() < HEADER + len {
+            return Ok(None);
+        }
+        let payload: Vec<u8> = self.buf.drain(..HEADER + len).skip(HEADER).collect();
+        let lost = self.fds.len() < nfds;
+        if lost && !self.lost_fds {
+            return Err(invalid(format!(
+                "a hand-off frame announced {nfds} descriptors, and {} came",
+                self.fds.len()
+            )));
+        }
+        let fds: Vec<OwnedFd> = if lost {
+            self.fds.drain(..).collect()
+        } else {
+            self.lost_fds = false;
+            self.fds.drain(..nfds).collect()
+        };
+        Ok(Some(match kind {
+            STATE_REQUEST => Frame::StateRequest,
+            NO_STATE => Frame::NoState,
+            STATE => {
+                if payload.len() < 4 || lost {
+                    return Err(invalid(
+                        "the state frame is too short or lost its descriptors on the way",
+                    ));
+                }
+                let version = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                Frame::State {
+                    version,
+                    bytes: payload[4..].to_vec(),
+                    fds,
+                }
+            }
+            _ => {
+                let tag_len = usize::from(*payload.first().unwrap_or(&0));
+                let tag = payload
+                    .get(1..1 + tag_len)
+                    .filter(|tag| !tag.is_empty())
+                    .and_then(|tag| std::str::from_utf8(tag).ok())
+                    .ok_or_else(|| invalid("a connection frame without a valid tag"))?
+                    .to_owned();
+                if lost {
+                    self.lost_fds = false;
+                    return Ok(Some(Frame::LostConnection { tag }));
+                }
+                let record = payload[1 + tag_len..].to_vec();
+                let fd = fds
+                    .into_iter()
+                    .next()
+                    .expect("one descriptor, checked above");
+                Frame::Connection { tag, record, fd }
+            }
+        }))
+    }
+}
+
+/// Both ends of a new channel, close-on-exec.
+pub(crate) fn channel() -> io::Result<(OwnedFd, OwnedFd)> {
+    sys::socketpair()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[test]
+    fn frames_and_their_descriptors_cross_in_order() {
+        let (a, b) = channel().unwrap();
+        let (x, _x_peer) = sys::socketpair().unwrap();
+        let (y, _y_peer) = sys::socketpair().unwrap();
+        OutFrame::state_request()
+            .send_until(a.as_fd(), soon())
+            .unwrap();
+        OutFrame::state(7, b"counter=3", vec![x.as_fd()])
+            .unwrap()
+            .send_until(a.as_fd(), soon())
+            .unwrap();
+        OutFrame::connection("echo", b"half a li", y.as_fd())
+            .unwrap()
+            .send_until(a.as_fd(), soon())
+            .unwrap();
+        OutFrame::no_state().send_until(a.as_fd(), soon()).unwrap();
+        drop(a);
+        let mut reader = FrameReader::new();
+        let b = b.as_fd();
+        assert!(matches!(
+            reader.next_until(b, soon()).unwrap(),
+            Some(Frame::StateRequest)
+        ));
+        match reader.next_until(b, soon()).unwrap() {
+            Some(Frame::State {
+                version,
+                bytes,
+                fds,
+            }) => {
+                assert_eq!(
+                    (version, bytes.as_slice(), fds.len()),
+                    (7, &b"counter=3"[..], 1)
+                );
+                assert_eq!(sys::fd_cloexec(fds[0].as_raw_fd()), Some(true));
+            }
+            other => panic!("expected the state, got {other:?}"),
+        }
+        match reader.next_until(b, soon()).unwrap() {
+            Some(Frame::Connection { tag, record, fd }) => {
+                assert_eq!(
+                    (tag.as_str(), record.as_slice()),
+                    ("echo", &b"half a li"[..])
+                );
+                // The same socket: what is written to the received copy reaches y's peer.
+                sys::send_all(fd.as_fd(), b"hi").unwrap();
+            }
+            other => panic!("expected a connection, got {other:?}"),
+        }
+        assert!(matches!(
+            reader.next_until(b, soon()).unwrap(),
+            Some(Frame::NoState)
+        ));
+        assert!(reader.next_until(b, soon()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_frame_sent_in_pieces_arrives_whole() {
+        let (a, b) = channel().unwrap();
+        let big = vec![7u8; 1 << 20];
+        let sender = std::thread::spawn(move || {
+            OutFrame::state(1, &big, Vec::new())
+                .unwrap()
+                .send_until(a.as_fd(), soon())
+                .unwrap();
+        });
+        let mut reader = FrameReader::new();
+        match reader.next_until(b.as_fd(), soon()).unwrap() {
+            Some(Frame::State { bytes, .. }) => assert_eq!(bytes.len(), 1 << 20),
+            other => panic!("expected the state, got {other:?}"),
+        }
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn bounds_are_checked_on_both_sides() {
+        let (x, _peer) = sys::socketpair().unwrap();
+        let too_long = vec![0u8; MAX_RECORD + 1];
+        let err = OutFrame::connection("echo", &too_long, x.as_fd()).unwrap_err();
+        assert!(
+            err.to_string().contains("65536 can be handed over"),
+            "{err}"
+        );
+        assert!(OutFrame::connection("", b"", x.as_fd()).is_err());
+        assert!(OutFrame::connection(&"t".repeat(MAX_TAG + 1), b"", x.as_fd()).is_err());
+
+        // A peer that lies about a size is stopped before anything is allocated for it.
+        let (a, b) = channel().unwrap();
+        let mut header = vec![CONNECTION, 0, 0, 1];
+        header.extend_from_slice(&u32::MAX.to_be_bytes());
+        sys::send_all(a.as_fd(), &header).unwrap();
+        let err = FrameReader::new()
+            .next_until(b.as_fd(), soon())
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("over its bounds"), "{err}");
+    }
+
+    #[test]
+    fn a_frame_without_its_descriptor_is_a_protocol_error() {
+        let (a, b) = channel().unwrap();
+        // Claims one descriptor, carries none.
+        let mut frame = vec![CONNECTION, 0, 0, 1, 0, 0, 0, 5, 4];
+        frame.extend_from_slice(b"echo");
+        sys::send_all(a.as_fd(), &frame).unwrap();
+        let err = FrameReader::new()
+            .next_until(b.as_fd(), soon())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("announced 1 descriptors, and 0 came"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_end_in_the_middle_of_a_frame_is_an_error_not_an_end() {
+        let (a, b) = channel().unwrap();
+        sys::send_all(a.as_fd(), &[NO_STATE, 0]).unwrap();
+        drop(a);
+        let err = FrameReader::new()
+            .next_until(b.as_fd(), soon())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("in the middle of a frame"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn waiting_ends_at_the_deadline() {
+        let (_a, b) = channel().unwrap();
+        let err = FrameReader::new()
+            .next_until(b.as_fd(), Instant::now() + Duration::from_millis(20))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}
