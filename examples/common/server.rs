@@ -20,6 +20,9 @@ const UPGRADE_COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 pub(crate) struct Config {
     pub(crate) addr: String,
     pub(crate) drain_timeout: Duration,
+    /// Whether long-lived connections and state are handed to the next generation
+    /// (`--handoff on`, the default) or closed at a boundary for their clients to reconnect.
+    pub(crate) handoff: bool,
     fd_name: Option<String>,
     pid_file: Option<String>,
     control_socket: Option<String>,
@@ -75,7 +78,7 @@ where
     let usage = format!(
         "usage: {name} [--addr {default_addr} | --fd-name NAME] [--pid-file PATH] \
          [--control-socket PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] \
-         [--probation 5s]\n       \
+         [--probation 5s] [--handoff on|off]\n       \
          {name} upgrade --control-socket PATH [--timeout 90s]\n       \
          {name} rollback --control-socket PATH [--timeout 90s]"
     );
@@ -112,6 +115,7 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
             "upgrade-timeout",
             "drain-timeout",
             "probation",
+            "handoff",
         ],
     )?;
     if flags.text("addr").is_some() && flags.text("fd-name").is_some() {
@@ -124,6 +128,11 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
         control_socket: flags.text("control-socket"),
         upgrade_timeout: flags.duration("upgrade-timeout", Duration::from_secs(60))?,
         drain_timeout: flags.duration("drain-timeout", Duration::from_secs(30))?,
+        handoff: match flags.text("handoff").as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => return Err(format!("--handoff is on or off, not {other:?}")),
+        },
         probation: flags
             .text("probation")
             .map(|_| flags.duration("probation", Duration::ZERO))
@@ -204,10 +213,11 @@ pub(crate) fn print_stopped(graceful: &graceful::Graceful) {
     );
 }
 
-/// `exited pid=… open_at_start=… abandoned=… outcome=…`, once this generation has drained.
-pub(crate) fn print_exited(report: &graceful::DrainReport) {
+/// `exited pid=… open_at_start=… abandoned=… outcome=… handed_off=…`, once this generation
+/// has drained; `handed_off` counts the connections handed over to successors.
+pub(crate) fn print_exited(report: &graceful::DrainReport, handed_off: usize) {
     println!(
-        "exited pid={} open_at_start={} abandoned={} outcome={:?}",
+        "exited pid={} open_at_start={} abandoned={} outcome={:?} handed_off={handed_off}",
         std::process::id(),
         report.open_at_start,
         report.abandoned,

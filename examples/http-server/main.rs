@@ -78,7 +78,7 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
     if graceful.is_upgrade_requested() {
         let _ = stopped.await;
     }
-    server::print_exited(&report);
+    server::print_exited(&report, graceful.handed_off());
     Ok(())
 }
 

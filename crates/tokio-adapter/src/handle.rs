@@ -57,6 +57,7 @@ pub(crate) struct Inner {
     /// does not wait for it to exit before its own exit.
     pub(crate) taken_back: AtomicBool,
     pub(crate) tracker: TaskTracker,
+    pub(crate) handoffs: crate::handoff::HandOffs,
 }
 
 impl Graceful {
@@ -70,6 +71,7 @@ impl Graceful {
             stopping: AtomicBool::new(false),
             taken_back: AtomicBool::new(false),
             tracker: TaskTracker::new(),
+            handoffs: crate::handoff::HandOffs::default(),
         });
         let finish = inner.finish.clone();
         inner
@@ -95,6 +97,7 @@ impl Graceful {
     fn on_transition(&self, transition: &Transition) {
         match transition {
             Transition::Replaced { .. } => {
+                self.inner.handoffs.forget_successor();
                 self.inner.gate.set(Accepting::Paused);
                 self.shutdown_token().cancel();
             }
@@ -103,6 +106,7 @@ impl Graceful {
                 self.shutdown_token().cancel();
             }
             Transition::RolledBack { .. } => {
+                self.inner.handoffs.forget_successor();
                 *self
                     .inner
                     .shutdown
@@ -259,8 +263,12 @@ impl Graceful {
     /// As [`Upgrader::ready`]. The listeners then stay closed, so nothing accepted is dropped
     /// when the process exits with the error; the previous generation keeps serving.
     pub fn ready(&self) -> Result<()> {
+        let first = !self.inner.upgrader.is_ready();
         self.inner.upgrader.ready()?;
         self.inner.gate.open_if_not_ready();
+        if first {
+            self.start_receiving();
+        }
         Ok(())
     }
 
@@ -401,7 +409,7 @@ impl fmt::Debug for UpgradeRequested {
 }
 
 /// Runs `work` on a thread of its own and awaits its result.
-async fn run_blocking<T: Send + 'static>(
+pub(crate) async fn run_blocking<T: Send + 'static>(
     name: &str,
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {

@@ -74,7 +74,9 @@ mod drain;
 mod gate;
 mod global;
 mod handle;
+mod handoff;
 mod listener;
+mod prefixed;
 mod signals;
 mod tracked;
 
@@ -82,9 +84,12 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use builder::Builder;
+pub use graceful_core::SavedState;
 pub use graceful_core::{DrainOutcome, DrainReport, Error, Result, Upgrader};
 pub use handle::{Graceful, UpgradeRequested};
+pub use handoff::{HAND_OFF_TIMEOUT, Handed, HandedOver, NotHandedOff, QUEUE};
 pub use listener::{Accept, Listener, TcpListener, UnixListener};
+pub use prefixed::Prefixed;
 pub use tracked::{ConnectionGuard, TrackedStream};
 
 /// Inherits the TCP listener for `addr` from the previous generation, or binds it; see

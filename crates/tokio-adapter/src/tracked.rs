@@ -74,6 +74,12 @@ impl<S: fmt::Debug> fmt::Debug for TrackedStream<S> {
     }
 }
 
+impl<S: std::os::fd::AsFd> std::os::fd::AsFd for TrackedStream<S> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
 impl<S: AsyncRead> AsyncRead for TrackedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
