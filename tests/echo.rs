@@ -79,8 +79,8 @@ async fn short_lived_connections_see_no_failure_across_upgrades() {
 }
 
 #[tokio::test]
-async fn long_lived_connections_see_only_clean_closes_at_line_boundaries() {
-    let server = Server::start(SERVER, &[]).await;
+async fn without_handoff_long_lived_connections_see_only_clean_closes_at_line_boundaries() {
+    let server = Server::start(SERVER, &["--handoff", "off"]).await;
     let mut client = Client::start(
         CLIENT,
         server.addr(),
@@ -104,8 +104,8 @@ async fn long_lived_connections_see_only_clean_closes_at_line_boundaries() {
 }
 
 #[tokio::test]
-async fn a_slow_line_in_flight_at_the_upgrade_completes_on_the_old_process() {
-    let server = Server::start(SERVER, &[]).await;
+async fn without_handoff_a_slow_line_in_flight_at_the_upgrade_completes_on_the_old_process() {
+    let server = Server::start(SERVER, &["--handoff", "off"]).await;
     let mut conn = Conn::open(&server).await;
     conn.send("hello\n").await;
     assert_eq!(conn.answer().await, format!("hello {}\n", server.pid()));
@@ -122,8 +122,8 @@ async fn a_slow_line_in_flight_at_the_upgrade_completes_on_the_old_process() {
 }
 
 #[tokio::test]
-async fn the_old_process_exits_once_drained() {
-    let server = Server::start(SERVER, &[]).await;
+async fn without_handoff_the_old_process_exits_once_drained() {
+    let server = Server::start(SERVER, &["--handoff", "off"]).await;
     let mut conn = Conn::open(&server).await;
     conn.send("hello\n").await;
     conn.answer().await;
@@ -257,4 +257,115 @@ async fn a_failed_upgrade_is_logged_and_the_server_keeps_serving() {
     std::fs::copy(SERVER, bin.path().join("good")).unwrap();
     std::fs::rename(bin.path().join("good"), &path).unwrap();
     assert_eq!(server.upgrade().await, pid);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live hand-off (the default): sessions move to the new generation on their own connection.
+
+#[tokio::test]
+async fn long_lived_sessions_are_handed_over_with_no_reconnect() {
+    let server = Server::start(SERVER, &[]).await;
+    let first = server.pid();
+    let mut client = Client::start(
+        CLIENT,
+        server.addr(),
+        &["--mode", "long", "--connections", "8"],
+    )
+    .await;
+    for _ in 0..3 {
+        let old = server.upgrade().await;
+        client.wait_answered_by(server.pid()).await;
+        let retired = server.wait_exited(old).await;
+        assert_eq!(retired.drain().unwrap().abandoned, 0);
+        let exited = exited_line(&server, old).await;
+        assert!(!exited.ends_with("handed_off=0"), "{exited}");
+    }
+    let summary = client.finish().await;
+    assert_eq!(summary.count("errors"), 0, "{summary:?}");
+    assert_eq!(
+        summary.count("reconnects"),
+        0,
+        "every session stayed on its connection: {summary:?}"
+    );
+    let answered_by = summary.answered_by();
+    assert!(answered_by.contains(&first) && answered_by.contains(&server.pid()));
+    assert_eq!(answered_by.len(), 4, "{summary:?}");
+}
+
+#[tokio::test]
+async fn one_connection_is_answered_by_each_new_generation_and_the_count_goes_on() {
+    let server = Server::start(SERVER, &["--probation", "0s"]).await;
+    let mut conn = Conn::open(&server).await;
+    conn.send("hello\n").await;
+    assert_eq!(conn.answer().await, format!("hello {}\n", server.pid()));
+    let mut pids = vec![server.pid()];
+    for round in 0..3u64 {
+        let old = server.upgrade().await;
+        // The old generation hands the session over, then exits: its count says so.
+        let exited = exited_line(&server, old).await;
+        assert!(exited.ends_with("abandoned=0 outcome=Drained handed_off=1"), "{exited}");
+        conn.send("count\n").await;
+        // Lines answered before this one, across generations: hello, then a count per round.
+        assert_eq!(
+            conn.answer().await,
+            format!("count {} {}\n", round + 1, server.pid())
+        );
+        pids.push(server.pid());
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "four generations answered one connection: {pids:?}");
+}
+
+#[tokio::test]
+async fn a_slow_line_in_flight_finishes_on_the_old_process_and_the_next_goes_to_the_new() {
+    let server = Server::start(SERVER, &[]).await;
+    let mut conn = Conn::open(&server).await;
+    conn.send("hello\n").await;
+    assert_eq!(conn.answer().await, format!("hello {}\n", server.pid()));
+    conn.send("sleep 1500\n").await;
+    let old = server.upgrade().await;
+    assert_eq!(conn.answer().await, format!("sleep 1500 {old}\n"));
+    conn.send("next\n").await;
+    assert_eq!(conn.answer().await, format!("next {}\n", server.pid()));
+    let retired = server.wait_exited(old).await;
+    assert_eq!(retired.drain().unwrap().abandoned, 0);
+}
+
+/// Hand-off is only for a successor that asked for it: an old generation that hands over
+/// upgrades into one that does not take sessions, and closes them at their boundary instead.
+#[tokio::test]
+async fn a_successor_without_handoff_gets_todays_clean_closes() {
+    let bin = tempfile::tempdir().unwrap();
+    let path = bin.path().join("echo-server");
+    std::fs::copy(SERVER, &path).unwrap();
+    let server = Server::start(path.to_str().unwrap(), &[]).await;
+    let mut conn = Conn::open(&server).await;
+    conn.send("hello\n").await;
+    conn.answer().await;
+    // The next binary is the same server with hand-off turned off, as an older build would be.
+    let wrapper = bin.path().join("wrapper");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec {SERVER} \"$@\" --handoff off\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    std::fs::rename(&wrapper, &path).unwrap();
+    let old = server.upgrade().await;
+    assert_eq!(conn.rest().await, 0, "closed cleanly at its boundary");
+    drop(conn);
+    let retired = server.wait_exited(old).await;
+    assert_eq!(retired.drain().unwrap().abandoned, 0);
+    let exited = exited_line(&server, old).await;
+    assert!(exited.ends_with("abandoned=0 outcome=Drained handed_off=0"), "{exited}");
+}
+
+/// The `exited pid=…` line generation `pid` printed, once it did.
+async fn exited_line(server: &Server, pid: u32) -> String {
+    let start = format!("exited pid={pid} open_at_start=");
+    server.wait_log(&start).await;
+    let output = server.output();
+    let at = output.find(&start).expect("written, as waited for");
+    output[at..].lines().next().unwrap_or_default().to_owned()
 }

@@ -6,6 +6,8 @@
 //! - A replaced generation exits after its parent, within the same deadline, so that the
 //!   generations alive stay one chain that the oldest can count; not one whose parent took the
 //!   service back (a rollback), which serves on.
+//! - It also waits for the connections its parent handed over until it exited: they arrive
+//!   on the hand-off channel until then, and are tracked once received.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -31,14 +33,20 @@ impl Graceful {
         let tracker = &self.inner.tracker;
         let open_at_start = tracker.len();
         tracker.close();
-        let outcome = tokio::select! {
-            biased;
-            () = tracker.wait() => DrainOutcome::Drained,
-            () = self.inner.finish.cancelled() => DrainOutcome::CutShort,
-            () = tokio::time::sleep_until(deadline) => DrainOutcome::Deadline,
-        };
+        let mut outcome = self.wait_tracked(deadline).await;
         if outcome == DrainOutcome::Drained && !self.inner.taken_back.load(Ordering::SeqCst) {
             self.outlive_parent(deadline).await;
+            // Connections the previous generation handed over until it exited are this one's
+            // to serve (or to hand on) too. Before ready nothing was received, nor will be.
+            let received_all = self.inner.upgrader.is_ready()
+                && tokio::select! {
+                    () = self.inner.handoffs.received_all() => true,
+                    () = self.inner.finish.cancelled() => false,
+                    () = tokio::time::sleep_until(deadline) => false,
+                };
+            if received_all {
+                outcome = self.wait_tracked(deadline).await;
+            }
         }
         let report = DrainReport::new(open_at_start, tracker.len(), outcome, started.elapsed());
         if report.abandoned == 0 {
@@ -53,6 +61,16 @@ impl Graceful {
         // Inert unless a test harness started this server.
         graceful_core::harness::report_drained(&self.inner.upgrader, &report);
         report
+    }
+
+    /// Waits until no tracked connection is left.
+    async fn wait_tracked(&self, deadline: tokio::time::Instant) -> DrainOutcome {
+        tokio::select! {
+            biased;
+            () = self.inner.tracker.wait() => DrainOutcome::Drained,
+            () = self.inner.finish.cancelled() => DrainOutcome::CutShort,
+            () = tokio::time::sleep_until(deadline) => DrainOutcome::Deadline,
+        }
     }
 
     /// A replaced generation exits after its parent, within its own deadline, so that the

@@ -134,6 +134,8 @@ pub(crate) struct HandOffs {
     routes: Mutex<HashMap<String, mpsc::Sender<Handed>>>,
     /// The task that receives them from the previous generation.
     receiver: Mutex<Option<AbortOnDropHandle<()>>>,
+    /// Cancelled once that task has ended (or if none runs): nothing more will arrive.
+    received_all: tokio_util::sync::CancellationToken,
     /// The channel to the successor, opened at the first hand-off after it is ready.
     outgoing: Mutex<Option<Arc<Outgoing>>>,
     /// Connections handed over to successors.
@@ -155,6 +157,12 @@ struct Outgoing {
 }
 
 impl HandOffs {
+    /// Completes once nothing more can arrive from the previous generation: it closed the
+    /// channel (it exited), or there is none.
+    pub(crate) async fn received_all(&self) {
+        self.received_all.cancelled().await;
+    }
+
     /// Forgets the channel to a successor: a new one is ready, or it was rolled back.
     pub(crate) fn forget_successor(&self) {
         lock(&self.outgoing).take();
@@ -225,7 +233,9 @@ impl Graceful {
 
     /// Starts receiving connections from the previous generation, once ready.
     pub(crate) fn start_receiving(&self) {
+        let received_all = self.inner.handoffs.received_all.clone();
         let Some(socket) = self.inner.upgrader.parent_handoff() else {
+            received_all.cancel();
             return;
         };
         let routes = std::mem::take(&mut *lock(&self.inner.handoffs.routes));
@@ -234,10 +244,12 @@ impl Graceful {
                 "ready() was called outside a Tokio runtime: handed-over connections cannot be \
                  received, and the previous generation closes them"
             );
+            received_all.cancel();
             return;
         };
         let graceful = self.clone();
         let task = runtime.spawn(async move {
+            let _done = received_all.drop_guard();
             let parent = graceful.inner.upgrader.parent_pid().unwrap_or_default();
             match receive(&graceful, socket, routes).await {
                 Ok(counts) => tracing::info!(
