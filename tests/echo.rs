@@ -303,7 +303,10 @@ async fn one_connection_is_answered_by_each_new_generation_and_the_count_goes_on
         let old = server.upgrade().await;
         // The old generation hands the session over, then exits: its count says so.
         let exited = exited_line(&server, old).await;
-        assert!(exited.ends_with("abandoned=0 outcome=Drained handed_off=1"), "{exited}");
+        assert!(
+            exited.ends_with("abandoned=0 outcome=Drained handed_off=1"),
+            "{exited}"
+        );
         conn.send("count\n").await;
         // Lines answered before this one, across generations: hello, then a count per round.
         assert_eq!(
@@ -313,7 +316,11 @@ async fn one_connection_is_answered_by_each_new_generation_and_the_count_goes_on
         pids.push(server.pid());
     }
     pids.dedup();
-    assert_eq!(pids.len(), 4, "four generations answered one connection: {pids:?}");
+    assert_eq!(
+        pids.len(),
+        4,
+        "four generations answered one connection: {pids:?}"
+    );
 }
 
 #[tokio::test]
@@ -349,8 +356,11 @@ async fn a_successor_without_handoff_gets_todays_clean_closes() {
         format!("#!/bin/sh\nexec {SERVER} \"$@\" --handoff off\n"),
     )
     .unwrap();
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::rename(&wrapper, &path).unwrap();
     let old = server.upgrade().await;
     assert_eq!(conn.rest().await, 0, "closed cleanly at its boundary");
@@ -358,7 +368,10 @@ async fn a_successor_without_handoff_gets_todays_clean_closes() {
     let retired = server.wait_exited(old).await;
     assert_eq!(retired.drain().unwrap().abandoned, 0);
     let exited = exited_line(&server, old).await;
-    assert!(exited.ends_with("abandoned=0 outcome=Drained handed_off=0"), "{exited}");
+    assert!(
+        exited.ends_with("abandoned=0 outcome=Drained handed_off=0"),
+        "{exited}"
+    );
 }
 
 /// The `exited pid=…` line generation `pid` printed, once it did.
