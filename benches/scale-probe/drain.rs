@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use graceful::{TrackedStream, UpgradeRequested};
+use graceful::{Graceful, TrackedStream};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -125,11 +125,28 @@ fn one(connections: usize) -> Result<Sample, String> {
     })
 }
 
-/// The role `serve-echo`: a graceful line echo server on 127.0.0.1:0 that closes its
-/// connections at a boundary when replaced, and reports its drain.
-pub(crate) fn serve(_flags: &Flags) -> Result<(), String> {
+/// The tag the `serve-echo` role hands its sessions over under.
+const SESSION: &str = "probe-echo";
+
+/// The role `serve-echo [--handoff true]`: a graceful line echo server on 127.0.0.1:0 that, when
+/// replaced, closes its connections at a boundary (or, with `--handoff true`, hands them over to
+/// the new generation there), and reports its drain.
+pub(crate) fn serve(flags: &Flags) -> Result<(), String> {
+    let handoff: bool = flags.value("handoff", false)?;
     crate::runtime()?.block_on(async {
         let graceful = crate::install_server()?;
+        if handoff {
+            let mut handed = graceful
+                .handed_over(SESSION)
+                .map_err(|e| format!("cannot ask for sessions: {e}"))?;
+            let graceful = graceful.clone();
+            tokio::spawn(async move {
+                while let Some(session) = handed.next().await {
+                    let (conn, _record) = session.into_parts();
+                    tokio::spawn(echo(conn, graceful.clone(), true));
+                }
+            });
+        }
         let mut listener = graceful
             .listen(LOOPBACK)
             .await
@@ -147,27 +164,32 @@ pub(crate) fn serve(_flags: &Flags) -> Result<(), String> {
             graceful.upgrader().generation()
         );
         while let Some(conn) = listener.next().await {
-            tokio::spawn(echo(conn, graceful.upgrade_requested()));
+            tokio::spawn(echo(conn, graceful.clone(), handoff));
         }
         // The listener ends when the new generation is ready: the drain starts now.
         let started = std::time::Instant::now();
         let report = graceful.drain(STEP).await;
         println!(
-            "exited pid={} open_at_start={} abandoned={} outcome={:?} drain_ms={:.3}",
+            "exited pid={} open_at_start={} abandoned={} outcome={:?} drain_ms={:.3} \
+             handed_off={}",
             std::process::id(),
             report.open_at_start,
             report.abandoned,
             report.outcome,
-            started.elapsed().as_secs_f64() * 1e3
+            started.elapsed().as_secs_f64() * 1e3,
+            graceful.handed_off()
         );
         Ok(())
     })
 }
 
-/// Answers each line with itself until the client leaves or, once `upgrade` completes, until
-/// the next line boundary; then closes as `examples/echo-server` does.
-async fn echo(conn: TrackedStream<TcpStream>, upgrade: UpgradeRequested) {
+/// Answers each line with itself until the client leaves or, once an upgrade is requested,
+/// until the next line boundary; there it hands the session over if `handoff` (the sessions
+/// here never have input buffered at a boundary: the record is empty), or closes as
+/// `examples/echo-server` does.
+async fn echo(conn: TrackedStream<TcpStream>, graceful: Graceful, handoff: bool) {
     let mut conn = BufReader::new(conn);
+    let upgrade = graceful.upgrade_requested();
     tokio::pin!(upgrade);
     let mut line = String::new();
     loop {
@@ -177,7 +199,15 @@ async fn echo(conn: TrackedStream<TcpStream>, upgrade: UpgradeRequested) {
                 Ok([]) | Err(_) => return,
                 Ok(_) => {}
             },
-            () = &mut upgrade => break,
+            () = &mut upgrade => {
+                if handoff && conn.buffer().is_empty() {
+                    match graceful.hand_off(conn.into_inner(), SESSION, &[]).await {
+                        Ok(()) => return,
+                        Err(kept) => conn = BufReader::new(kept.stream),
+                    }
+                }
+                break;
+            }
         }
         line.clear();
         match conn.read_line(&mut line).await {

@@ -3,13 +3,14 @@
 //! ```text
 //! scale-probe upgrade --sockets N [--samples 10]
 //! scale-probe drain --connections N [--samples 3]
+//! scale-probe handoff --connections N [--samples 3]
 //! scale-probe memory --connections N [--samples 3]
 //! scale-probe all
 //! ```
 //!
 //! Each measurement prints ONE JSON object on one line of stdout; progress goes to stderr.
-//! `all` runs upgrade with 1, 100 and 1000 sockets, drain with 1000 and 10 000 connections and
-//! memory with 10 000 connections, in a few minutes. Times are in milliseconds with three
+//! `all` runs upgrade with 1, 100 and 1000 sockets, drain and handoff with 1000 and 10 000
+//! connections and memory with 10 000 connections, in a few minutes. Times are in milliseconds with three
 //! decimals; a spread is `{"min":…,"median":…,"p95":…,"max":…}` (p95 nearest-rank, so the
 //! maximum below 20 samples).
 //!
@@ -17,6 +18,9 @@
 //! {"probe":"upgrade","sockets":1000,"samples":10,"upgrade_ms":{spread},"start_ms":{spread}}
 //! {"probe":"drain","connections":10000,"samples":3,"drain_ms":{spread},"upgrade_ms":{spread},
 //!  "clients":30000,"clean_eof":30000,"reset":0,"other_errors":0,"still_open":0,"abandoned":0}
+//! {"probe":"handoff","connections":10000,"samples":3,"handoff_ms":{spread},
+//!  "upgrade_ms":{spread},"successor_bytes_per_connection":{"min":…,"median":…,"max":…},
+//!  "clients":30000,"handed_off":30000,"clean_eof":30000,"reset":0,"other_errors":0}
 //! {"probe":"memory","connections":10000,"samples":3,
 //!  "raw_bytes_per_connection":{"min":…,"median":…,"max":…},
 //!  "tracked_bytes_per_connection":{"min":…,"median":…,"max":…},
@@ -35,6 +39,7 @@
 
 mod args;
 mod drain;
+mod handoff;
 mod hold;
 mod json;
 mod memory;
@@ -55,6 +60,7 @@ const LOOPBACK: &str = "127.0.0.1:0";
 
 const USAGE: &str = "usage: scale-probe upgrade --sockets N [--samples 10]
        scale-probe drain --connections N [--samples 3]
+       scale-probe handoff --connections N [--samples 3]
        scale-probe memory --connections N [--samples 3]
        scale-probe all";
 
@@ -78,11 +84,12 @@ impl From<String> for Failure {
 enum Probe {
     Upgrade { sockets: usize, samples: usize },
     Drain { connections: usize, samples: usize },
+    Handoff { connections: usize, samples: usize },
     Memory { connections: usize, samples: usize },
 }
 
 /// What `all` runs.
-const ALL: [Probe; 6] = [
+const ALL: [Probe; 8] = [
     Probe::Upgrade {
         sockets: 1,
         samples: 10,
@@ -103,6 +110,14 @@ const ALL: [Probe; 6] = [
         connections: 10_000,
         samples: 3,
     },
+    Probe::Handoff {
+        connections: 1000,
+        samples: 3,
+    },
+    Probe::Handoff {
+        connections: 10_000,
+        samples: 3,
+    },
     Probe::Memory {
         connections: 10_000,
         samples: 3,
@@ -115,6 +130,7 @@ impl Probe {
         let (name, size_key, size) = match self {
             Probe::Upgrade { sockets, .. } => ("upgrade", "sockets", sockets),
             Probe::Drain { connections, .. } => ("drain", "connections", connections),
+            Probe::Handoff { connections, .. } => ("handoff", "connections", connections),
             Probe::Memory { connections, .. } => ("memory", "connections", connections),
         };
         let outcome = match self {
@@ -123,6 +139,10 @@ impl Probe {
                 connections,
                 samples,
             } => drain::probe(connections, samples),
+            Probe::Handoff {
+                connections,
+                samples,
+            } => handoff::probe(connections, samples),
             Probe::Memory {
                 connections,
                 samples,
@@ -158,10 +178,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let outcome = match command.as_str() {
-        "upgrade" | "drain" | "memory" | "all" => measure(command, rest),
+        "upgrade" | "drain" | "handoff" | "memory" | "all" => measure(command, rest),
         // Roles: this binary, started by a probe.
         "serve-sockets" => role(command, rest, &["sockets"], upgrade::serve),
-        "serve-echo" => role(command, rest, &[], drain::serve),
+        "serve-echo" => role(command, rest, &["handoff"], drain::serve),
         "serve-memory" => role(command, rest, &["kind", "connections"], memory::serve),
         "hold" => role(
             command,
@@ -205,6 +225,11 @@ fn measure(command: &str, args: &[String]) -> Result<bool, Usage> {
             let samples = flags.count("samples", 3).map_err(Usage)?;
             if command == "drain" {
                 vec![Probe::Drain {
+                    connections,
+                    samples,
+                }]
+            } else if command == "handoff" {
+                vec![Probe::Handoff {
                     connections,
                     samples,
                 }]

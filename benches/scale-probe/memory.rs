@@ -205,13 +205,21 @@ async fn hold<T>(
 
 /// This process's resident set size, from VmRSS in /proc/self/status.
 fn resident_bytes() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    resident_bytes_in("/proc/self/status")
+}
+
+/// Process `pid`'s resident set size, from VmRSS in /proc/PID/status.
+pub(crate) fn resident_bytes_of(pid: u32) -> Result<u64, String> {
+    resident_bytes_in(&format!("/proc/{pid}/status"))
+}
+
+fn resident_bytes_in(path: &str) -> Result<u64, String> {
+    let status = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().strip_suffix("kB"))
         .and_then(|kb| kb.trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .ok_or_else(|| "no VmRSS line in /proc/self/status".to_owned())
+        .ok_or_else(|| format!("no VmRSS line in {path}"))
 }

@@ -8,9 +8,13 @@
 //! the loads have reached the last generation they stop, and every replaced generation must have
 //! drained and exited.
 //!
+//! `echo-server` hands its sessions over to each new generation on their own connections (live
+//! hand-off), so its clients must see no reconnect at all; the HTTP clients reconnect cleanly
+//! (keep-alive connections are closed between requests, HTTP/2 gets GOAWAY).
+//!
 //! A live line shows progress. At the end a table gives each mode's requests, reconnects and
 //! failures by kind, and the demo exits non-zero if any request failed, any upgrade did not
-//! complete, or any old generation abandoned a connection.
+//! complete, any old generation abandoned a connection, or an echo session reconnected.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -113,6 +117,8 @@ impl Upgrade {
 pub(crate) struct Exit {
     pub(crate) abandoned: u64,
     pub(crate) outcome: String,
+    /// Connections it handed over to its successor.
+    pub(crate) handed_off: u64,
 }
 
 /// What one server and its loads went through.
@@ -241,6 +247,7 @@ fn upgrade_loop(
         exits.push(Exit {
             abandoned: exited.get("abandoned").parse().unwrap_or(u64::MAX),
             outcome: exited.get("outcome").to_owned(),
+            handed_off: exited.get("handed_off").parse().unwrap_or(0),
         });
     }
     Ok((done, exits))
@@ -379,10 +386,11 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
             .iter()
             .filter(|e| e.outcome == "Drained" && e.abandoned == 0)
             .count();
+        let handed_off: u64 = run.exits.iter().map(|e| e.handed_off).sum();
         println!(
             "{}: {} upgrades in {:.1} s. SIGHUP → new generation ready: median {}, max {}; \
              → old one stopped accepting: median {} later. Replaced generations drained with \
-             nothing abandoned: {}/{}.",
+             nothing abandoned: {}/{}; connections handed over live: {handed_off}.",
             server,
             run.upgrades.len(),
             run.elapsed.as_secs_f64(),
@@ -404,13 +412,26 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
     }
 
     let reports: Vec<&Report> = phases.iter().flat_map(|p| &p.run.reports).collect();
+    // Echo sessions are handed over live: a reconnect means one was closed instead.
+    for report in reports.iter().filter(|r| !r.mode.is_http()) {
+        if report.load.reconnects() > 0 {
+            passed = false;
+            println!(
+                "  {}: {} sessions reconnected; live hand-off should have kept every one on its \
+                 connection",
+                report.mode.name(),
+                report.load.reconnects()
+            );
+        }
+    }
     let failed: u64 = reports.iter().map(|r| r.load.failures()).sum();
     let requests: u64 = reports.iter().map(|r| r.load.succeeded()).sum();
     let modes: Vec<&str> = reports.iter().map(|r| r.mode.name()).collect();
     println!();
     if failed == 0 && passed {
         println!(
-            "PASS: 0 failed requests out of {requests} across {} upgrades per mode ({}).",
+            "PASS: 0 failed requests out of {requests} across {} upgrades per mode ({}); \
+             0 reconnects of echo sessions (handed over live).",
             options.upgrades,
             modes.join(", ")
         );
