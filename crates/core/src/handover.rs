@@ -296,7 +296,7 @@ impl Started {
     /// time, everything the process started in its process group has been killed as well.
     pub fn wait_ready(mut self, timeout: Duration) -> Result<u32> {
         let deadline = Instant::now() + timeout;
-        successor::wait_ready(&mut self.link, self.pid, deadline, timeout, || {})?;
+        successor::wait_ready(&mut self.link, self.pid, deadline, timeout, || {}, || {})?;
         Ok(self.pid)
     }
 }
