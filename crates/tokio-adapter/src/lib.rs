@@ -82,7 +82,9 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use builder::Builder;
-pub use graceful_core::{DrainOutcome, DrainReport, Error, Result, Upgrader};
+pub use graceful_core::{
+    BuildIdentity, DrainOutcome, DrainReport, Error, Result, Successor, Upgrader,
+};
 pub use handle::{Graceful, UpgradeRequested};
 pub use listener::{Accept, Listener, TcpListener, UnixListener};
 pub use tracked::{ConnectionGuard, TrackedStream};
