@@ -32,6 +32,8 @@ use nix::unistd::Pid;
 const STEP: Duration = Duration::from_secs(30);
 const SERVER: &str = env!("CARGO_BIN_EXE_http-server");
 const SOCKET_ACTIVATE: &str = "systemd-socket-activate";
+/// The examples' version, which the server reports.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 // ---------------------------------------------------------------------------------------------
 // Socket activation
@@ -254,8 +256,129 @@ fn a_rollback_makes_the_old_generation_the_main_pid_again() {
     notify.expect_nothing_more();
 }
 
+/// An upgrade that waits long for its new generation keeps telling the service manager to
+/// extend the reload's timeout: with `RELOADING=1`, and again while it waits.
+#[test]
+fn a_slow_upgrade_extends_the_service_managers_timeout_while_it_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = copy_server(dir.path());
+    let real = dir.path().join("http-server.real");
+    std::fs::copy(SERVER, &real).unwrap();
+    let notify = NotifySocket::bind(&dir.path().join("notify"));
+    let server = Group::spawn(
+        Command::new(&exe)
+            .args(["--addr", "127.0.0.1:0"])
+            .env("NOTIFY_SOCKET", &notify.path),
+    );
+    let gen1 = server.wait_ready(1);
+    notify.expect(gen1.pid, "READY=1", "first start");
+
+    // Longer than the 5 s between two extensions: a slow start, as a deploy's wrapper may make.
+    install_script(
+        &exe,
+        &format!("sleep 8\nexec '{}' \"$@\"\n", real.display()),
+    );
+    signal(gen1.pid, Signal::SIGHUP);
+    let reloading = notify.expect(gen1.pid, "RELOADING=1", "the upgrade beginning");
+    assert_eq!(field(&reloading.1, "EXTEND_TIMEOUT_USEC"), "15000000");
+    let mut extensions = Vec::new();
+    let handover = loop {
+        let message = notify
+            .receive(STEP)
+            .expect("a notification within the step while the upgrade waits");
+        assert_eq!(
+            message.0, gen1.pid,
+            "sent by the old generation: {message:?}"
+        );
+        if message.1[0].starts_with("MAINPID=") {
+            break message;
+        }
+        extensions.push(message);
+    };
+    assert!(
+        !extensions.is_empty(),
+        "no EXTEND_TIMEOUT_USEC while the upgrade waited"
+    );
+    for (_, lines) in &extensions {
+        assert_eq!(field(lines, "EXTEND_TIMEOUT_USEC"), "15000000");
+        let status = field(lines, "STATUS");
+        assert!(
+            status.starts_with(&format!(
+                "Upgrading: pid {} (generation 1) has waited",
+                gen1.pid
+            )) && status.ends_with("(generation 2) to be ready"),
+            "{status}"
+        );
+    }
+    let gen2 = server.wait_ready(2);
+    assert_eq!(field(&handover.1, "MAINPID"), gen2.pid.to_string());
+    server.wait_exited(gen1.pid);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The control socket
+
+/// The answer to an upgrade, and the `upgrade` and `status` subcommands, name what the serving
+/// generation runs: the examples' version and, by default, the executable file's size and
+/// time, which change when a deploy replaces the binary.
+#[test]
+fn the_control_socket_names_the_version_and_build_of_what_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = copy_server(dir.path());
+    let control = dir.path().join("control.sock");
+    let server = Group::spawn(
+        Command::new(&exe)
+            .args(["--addr", "127.0.0.1:0", "--control-socket"])
+            .arg(&control),
+    );
+    let gen1 = server.wait_ready(1);
+    let first = build_id(&exe);
+    assert_eq!(
+        control_command("status", &control),
+        format!(
+            "serving pid={} generation=1 version={VERSION} build={first}\n",
+            gen1.pid
+        )
+    );
+
+    // A deploy replaces the binary: the next generation runs another file.
+    deploy_copy(&exe, 1);
+    let second = build_id(&exe);
+    if option_env!("GRACEFUL_EXAMPLE_BUILD_ID").is_none() {
+        assert_ne!(first, second, "the build id follows the file");
+    }
+    // The raw answer: `ok PID` alone first, as older clients read it, then what serves.
+    let answer = raw_request(&control, "upgrade");
+    let gen2 = server.wait_ready(2);
+    assert_eq!(
+        answer,
+        format!(
+            "ok {pid}\nserving pid={pid} generation=2 version={VERSION} build={second}\n",
+            pid = gen2.pid
+        )
+    );
+    server.wait_exited(gen1.pid);
+
+    deploy_copy(&exe, 2);
+    let third = build_id(&exe);
+    let output = control_command("upgrade", &control);
+    let gen3 = server.wait_ready(3);
+    assert_eq!(
+        output,
+        format!(
+            "upgraded pid={} generation=3 version={VERSION} build={third}\n",
+            gen3.pid
+        )
+    );
+    server.wait_exited(gen2.pid);
+    assert_eq!(
+        control_command("status", &control),
+        format!(
+            "serving pid={} generation=3 version={VERSION} build={third}\n",
+            gen3.pid
+        )
+    );
+}
 
 #[test]
 fn the_upgrade_command_reports_the_new_pid_or_the_reason() {
@@ -324,7 +447,11 @@ fn the_upgrade_command_reports_the_new_pid_or_the_reason() {
     let gen4 = server.wait_ready(4);
     assert_eq!(
         String::from_utf8_lossy(&accepted.stdout),
-        format!("upgraded pid={}\n", gen4.pid)
+        format!(
+            "upgraded pid={} generation=4 version={VERSION} build={}\n",
+            gen4.pid,
+            build_id(&real)
+        )
     );
 
     // A broken binary: non-zero, the reason, and the serving generation serves on.
@@ -625,6 +752,60 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// The build id the examples report for the executable `path`: what they were built with, or
+/// else graceful's default, the file's `SIZE@SECONDS.NANOSECONDS` (`stat -c '%s@%.9Y'`).
+fn build_id(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(id) = option_env!("GRACEFUL_EXAMPLE_BUILD_ID") {
+        return id.to_owned();
+    }
+    let metadata = std::fs::metadata(path).unwrap();
+    format!(
+        "{}@{}.{:09}",
+        metadata.size(),
+        metadata.mtime(),
+        metadata.mtime_nsec()
+    )
+}
+
+/// Installs a new copy of the server at `path`, as a deploy does (a new file renamed over the
+/// old), with a modification time of its own: `n` days after 2023-11-14.
+fn deploy_copy(path: &Path, n: u64) {
+    let tmp = path.with_extension("new");
+    std::fs::copy(SERVER, &tmp).unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::new(1_700_000_000 + n * 86_400, 123_456_789);
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `http-server SUBCOMMAND --control-socket PATH`: what it printed, having succeeded.
+fn control_command(subcommand: &str, control: &Path) -> String {
+    let output = Command::new(SERVER)
+        .args([subcommand, "--timeout", "60s", "--control-socket"])
+        .arg(control)
+        .output()
+        .expect("run http-server");
+    assert!(output.status.success(), "{subcommand}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// One request on the control socket, and the whole answer.
+fn raw_request(control: &Path, request: &str) -> String {
+    let mut stream = std::os::unix::net::UnixStream::connect(control).unwrap();
+    stream.set_read_timeout(Some(STEP)).unwrap();
+    writeln!(stream, "{request}").unwrap();
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .unwrap_or_else(|e| panic!("the answer to {request:?}: {e} after {answer:?}"));
+    answer
+}
+
 fn run_upgrade_command(control: &Path) -> Output {
     Command::new(SERVER)
         .args(["upgrade", "--timeout", "60s", "--control-socket"])
@@ -641,7 +822,11 @@ fn upgrade_command(control: &Path) -> Result<u32, String> {
         output.status.success(),
         stdout.strip_prefix("upgraded pid="),
     ) {
-        (true, Some(pid)) => Ok(pid.trim_end().parse().expect("a pid")),
+        (true, Some(rest)) => Ok(rest
+            .split(' ')
+            .next()
+            .and_then(|pid| pid.trim_end().parse().ok())
+            .expect("a pid")),
         _ => Err(format!("{output:?}")),
     }
 }
@@ -798,11 +983,17 @@ impl NotifySocket {
         Some((pid, text.lines().map(str::to_owned).collect()))
     }
 
-    /// The next message: from `pid`, its first line starting with `first`.
+    /// The next message but the timeout extensions of a long upgrade: from `pid`, its first
+    /// line starting with `first`.
     fn expect(&self, pid: u32, first: &str, what: &str) -> (u32, Vec<String>) {
-        let message = self
-            .receive(STEP)
-            .unwrap_or_else(|| panic!("no notification within {STEP:?} for {what}"));
+        let message = loop {
+            let message = self
+                .receive(STEP)
+                .unwrap_or_else(|| panic!("no notification within {STEP:?} for {what}"));
+            if !message.1[0].starts_with("EXTEND_TIMEOUT_USEC=") {
+                break message;
+            }
+        };
         assert_eq!(
             message.0, pid,
             "{what}: sent by the wrong process: {message:?}"

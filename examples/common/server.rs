@@ -1,10 +1,15 @@
 //! What the example servers share: their command line, their logging, the lines each
 //! generation prints on stdout for scripts (`ready pid=… generation=… addr=…` once it serves,
 //! `stopped pid=… successor=…` once it stops accepting, `exited pid=… …` once it has drained),
-//! and the `upgrade` and `rollback` subcommands, which upgrade a running server through its
-//! control socket, or take it back to the previous generation during that one's probation, and
-//! report whether it worked (`upgraded pid=…` / `rolled back pid=…`, or the reason and exit
-//! status 1).
+//! and the `upgrade`, `rollback` and `status` subcommands, which upgrade a running server
+//! through its control socket, or take it back to the previous generation during that one's
+//! probation, and report whether it worked (`upgraded pid=… generation=… version=… build=…` /
+//! `rolled back pid=…`, or the reason and exit status 1), or say what serves now (`serving
+//! pid=… generation=… version=… build=…`).
+//!
+//! Each generation's build identity is the package version and, as build id, what
+//! `GRACEFUL_EXAMPLE_BUILD_ID` held at compile time, or else graceful's default: the executable
+//! file's `SIZE@MTIME`, which changes when a deploy replaces the binary.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -33,7 +38,12 @@ pub(crate) struct Config {
 impl Config {
     /// Installs the process's graceful handle as the command line asks.
     pub(crate) fn install(&self) -> Result<graceful::Graceful, graceful::Error> {
-        let mut builder = graceful::Builder::new().upgrade_timeout(self.upgrade_timeout);
+        let mut builder = graceful::Builder::new()
+            .upgrade_timeout(self.upgrade_timeout)
+            .version(env!("CARGO_PKG_VERSION"));
+        if let Some(id) = option_env!("GRACEFUL_EXAMPLE_BUILD_ID") {
+            builder = builder.build_id(id);
+        }
         if let Some(probation) = self.probation {
             builder = builder.probation(probation);
         }
@@ -80,12 +90,14 @@ where
          [--control-socket PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] \
          [--probation 5s] [--handoff on|off]\n       \
          {name} upgrade --control-socket PATH [--timeout 90s]\n       \
-         {name} rollback --control-socket PATH [--timeout 90s]"
+         {name} rollback --control-socket PATH [--timeout 90s]\n       \
+         {name} status --control-socket PATH [--timeout 90s]"
     );
     let mut args = std::env::args().skip(1).peekable();
     match args.peek().map(String::as_str) {
         Some("upgrade") => return request(name, Request::Upgrade, args.skip(1), &usage).await,
         Some("rollback") => return request(name, Request::Rollback, args.skip(1), &usage).await,
+        Some("status") => return request(name, Request::Status, args.skip(1), &usage).await,
         _ => {}
     }
     let config = match config(args, default_addr) {
@@ -144,12 +156,14 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
 enum Request {
     Upgrade,
     Rollback,
+    Status,
 }
 
 /// `upgrade --control-socket PATH [--timeout 90s]`: upgrades the server listening there and
-/// prints `upgraded pid=…` once the new generation serves; exits 1 with the reason if it did
-/// not, and the old generation serves on. `rollback …` likewise takes the server back to the
-/// previous generation, on probation, and prints `rolled back pid=…`.
+/// prints `upgraded pid=… generation=… version=… build=…` once the new generation serves;
+/// exits 1 with the reason if it did not, and the old generation serves on. `rollback …`
+/// likewise takes the server back to the previous generation, on probation, and prints
+/// `rolled back pid=…`; `status …` prints `serving pid=… generation=… version=… build=…`.
 async fn request(
     name: &str,
     request: Request,
@@ -159,7 +173,7 @@ async fn request(
     let parsed = Flags::parse_from(args, &["control-socket", "timeout"]).and_then(|flags| {
         let path = flags
             .text("control-socket")
-            .ok_or("upgrade needs --control-socket PATH")?;
+            .ok_or("this subcommand needs --control-socket PATH")?;
         Ok((path, flags.duration("timeout", UPGRADE_COMMAND_TIMEOUT)?))
     });
     let (path, timeout) = match parsed {
@@ -172,14 +186,22 @@ async fn request(
     let (verb, done) = match request {
         Request::Upgrade => ("upgrade", "upgraded"),
         Request::Rollback => ("rollback", "rolled back"),
+        Request::Status => ("status", "serving"),
     };
     let asked = tokio::task::spawn_blocking(move || match request {
-        Request::Upgrade => graceful::control::upgrade(path, timeout),
-        Request::Rollback => graceful::control::rollback(path, timeout),
+        Request::Upgrade => {
+            graceful::control::upgrade_identified(path, timeout).map(|serving| serving.to_string())
+        }
+        Request::Rollback => {
+            graceful::control::rollback(path, timeout).map(|pid| format!("pid={pid}"))
+        }
+        Request::Status => {
+            graceful::control::status(path, timeout).map(|serving| serving.to_string())
+        }
     });
     match asked.await {
-        Ok(Ok(pid)) => {
-            println!("{done} pid={pid}");
+        Ok(Ok(serving)) => {
+            println!("{done} {serving}");
             ExitCode::SUCCESS
         }
         Ok(Err(err)) => {

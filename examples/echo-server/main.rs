@@ -4,6 +4,7 @@
 //! echo-server [--addr 127.0.0.1:7000 | --fd-name NAME] [--pid-file PATH] [--control-socket PATH]
 //!             [--upgrade-timeout 60s] [--drain-timeout 30s] [--probation 5s] [--handoff on|off]
 //! echo-server upgrade --control-socket PATH [--timeout 90s]
+//! echo-server status --control-socket PATH [--timeout 90s]
 //! ```
 //!
 //! Each line is answered with the line and the pid that answered: `hello` gets `hello 4242`. A

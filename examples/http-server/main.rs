@@ -16,8 +16,10 @@
 //! accepting and `exited pid=… …` when it exits.
 //!
 //! With `--control-socket`, `http-server upgrade --control-socket PATH` upgrades it too, and
-//! reports the outcome: `upgraded pid=…` and exit status 0 once the new generation serves, or
-//! the reason and status 1. Under systemd, a socket passed by socket activation is adopted: the
+//! reports the outcome: `upgraded pid=… generation=… version=… build=…` (what the new
+//! generation runs) and exit status 0 once it serves, or the reason and status 1;
+//! `http-server status --control-socket PATH` prints `serving pid=… generation=… version=…
+//! build=…`. Under systemd, a socket passed by socket activation is adopted: the
 //! one bound to `--addr`, or the one named `--fd-name` (the socket unit's
 //! `FileDescriptorName=`); see `examples/systemd/`.
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::env;
 use crate::error::{Error, Result};
+use crate::identity::{self, BuildIdentity};
 use crate::name::FdName;
 use crate::registry::Registry;
 use crate::report;
@@ -53,6 +54,8 @@ pub struct Builder {
     max_generations: usize,
     listen_backlog: u32,
     probation: Duration,
+    version: Option<String>,
+    build_id: Option<String>,
 }
 
 impl Default for Builder {
@@ -64,6 +67,8 @@ impl Default for Builder {
             max_generations: DEFAULT_MAX_GENERATIONS,
             listen_backlog: DEFAULT_BACKLOG,
             probation: Duration::ZERO,
+            version: None,
+            build_id: None,
         }
     }
 }
@@ -113,6 +118,30 @@ impl Builder {
         self
     }
 
+    /// The application's version, which this generation tells its parent when it is ready, so
+    /// that an upgrade reports what runs now ([`Upgrader::upgrade_identified`], the tokio
+    /// adapter's control socket). Usually `env!("CARGO_PKG_VERSION")` in the application's
+    /// crate. Default: `unknown`, since a library cannot know its application's version.
+    ///
+    /// At most 100 bytes once escaped (each byte that is not printable ASCII, a space or `%`
+    /// counts three); see [`BuildIdentity`](crate::BuildIdentity).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// The build id reported with the [`version`](Self::version): a commit, a CI build number,
+    /// anything that tells two builds of one version apart. Default: the fingerprint of the
+    /// executable file this process runs, `SIZE@SECONDS.NANOSECONDS` of its size and
+    /// modification time (what `stat -c '%s@%.9Y' FILE` prints), which changes whenever a
+    /// deploy replaces the binary and costs one `stat` at build.
+    ///
+    /// At most 100 bytes once escaped, as the version.
+    pub fn build_id(mut self, id: impl Into<String>) -> Self {
+        self.build_id = Some(id.into());
+        self
+    }
+
     /// The `listen(2)` backlog of listeners this process creates. Default: 1024.
     pub fn listen_backlog(mut self, backlog: u32) -> Self {
         self.listen_backlog = backlog;
@@ -138,7 +167,8 @@ impl Builder {
     /// [`Error::AlreadyCreated`] if this process has an upgrader already; [`Error::Environment`],
     /// [`Error::InheritedFdMissing`] or [`Error::NotInherited`] if the inheritance environment
     /// is malformed or announces descriptors that were not inherited;
-    /// [`Error::InvalidConfig`] for out-of-range settings.
+    /// [`Error::InvalidConfig`] for out-of-range settings (a version or build id too long
+    /// among them).
     pub fn build(self) -> Result<Upgrader> {
         let backlog = sys::backlog(self.listen_backlog).ok_or_else(|| {
             Error::InvalidConfig(format!(
@@ -156,6 +186,15 @@ impl Builder {
             return Err(Error::InvalidConfig(
                 "upgrade_timeout must not be zero".into(),
             ));
+        }
+        for (what, value) in [("version", &self.version), ("build_id", &self.build_id)] {
+            let escaped = value.as_deref().map_or(0, |v| identity::escape(v).len());
+            if escaped > identity::MAX_ESCAPED {
+                return Err(Error::InvalidConfig(format!(
+                    "{what} is {escaped} bytes once escaped; at most {} are sent",
+                    identity::MAX_ESCAPED
+                )));
+            }
         }
         let pid = sys::pid();
         if CREATED.swap(true, Ordering::SeqCst) {
@@ -179,6 +218,13 @@ impl Builder {
             None => spawn::resolve_executable(cwd.as_deref())
                 .map_err(|e| Error::io("resolving this process's executable", e))?,
         };
+        let build = BuildIdentity::new(
+            self.version
+                .unwrap_or_else(|| identity::UNKNOWN_VERSION.to_owned()),
+            self.build_id
+                .unwrap_or_else(|| identity::executable_fingerprint(&executable)),
+        )
+        .ok_or_else(|| Error::InvalidConfig("the build identity is too long".into()))?;
         let inherited = env::take_once(pid)?;
         let (fds, link, handoff, generation, join_pgid) = match inherited {
             Some(i) => (i.fds, i.link, i.handoff, i.generation, i.pgid),
@@ -214,6 +260,7 @@ impl Builder {
                     max_generations: self.max_generations,
                     backlog,
                     probation: self.probation,
+                    build,
                 },
                 registry,
                 report,
@@ -283,6 +330,15 @@ mod tests {
         assert!(err.to_string().contains("upgrade_timeout"), "{err}");
         let err = Upgrader::builder().listen_backlog(0).build().unwrap_err();
         assert!(err.to_string().contains("listen_backlog(0)"), "{err}");
+        let err = Upgrader::builder()
+            .build_id(" ".repeat(40))
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("build_id is 120 bytes once escaped"),
+            "{err}"
+        );
         assert!(!CREATED.load(Ordering::SeqCst));
     }
 }

@@ -81,7 +81,7 @@ impl SavedState {
 /// The channel to a successor that is ready, for handing connections over: a duplicate of
 /// this generation's end, the successor's pid, and the tags it takes.
 #[derive(Debug)]
-pub struct Successor {
+pub struct ToSuccessor {
     /// The successor's pid.
     pub pid: u32,
     /// This generation's end of the channel.

@@ -303,6 +303,7 @@ impl Started {
             deadline,
             timeout,
             || {},
+            || {},
             |other| {
                 tracing::debug!(?other, "ignoring a message before ready");
             },

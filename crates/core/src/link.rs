@@ -5,6 +5,8 @@
 //! parent learns that a starting child has died.
 //!
 //! Messages, child to parent:
+//! - `build VERSION ID`: what the child runs, each value escaped (`identity.rs`); sent just
+//!   before `ready`, so the parent can report its successor's identity.
 //! - `ready`: the child is serving; the parent may stop accepting.
 //! - `descendants N`: the child now has N living descendants (used to bound the number of
 //!   generations alive at once).
@@ -25,6 +27,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
+use crate::identity::BuildIdentity;
 use crate::sys;
 
 /// Longest line accepted; anything longer is a protocol error.
@@ -32,6 +35,7 @@ pub(crate) const MAX_LINE: usize = 256;
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Message {
+    Build(BuildIdentity),
     Ready,
     Descendants(usize),
     Stopping,
@@ -46,6 +50,12 @@ pub(crate) enum Message {
 impl Message {
     pub(crate) fn encode(&self) -> Vec<u8> {
         match self {
+            Message::Build(identity) => format!(
+                "build {} {}\n",
+                identity.escaped_version(),
+                identity.escaped_id()
+            )
+            .into_bytes(),
             Message::Ready => b"ready\n".to_vec(),
             Message::Descendants(n) => format!("descendants {n}\n").into_bytes(),
             Message::Stopping => b"stopping\n".to_vec(),
@@ -72,6 +82,10 @@ impl Message {
             Some(("takes", tags)) => Message::Takes(tags.split(' ').map(str::to_owned).collect()),
             Some(("resumed", pid)) => pid.parse().map_or_else(|_| unknown(), Message::Resumed),
             Some(("refused", reason)) => Message::Refused(reason.to_owned()),
+            Some(("build", values)) => values
+                .split_once(' ')
+                .and_then(|(version, id)| BuildIdentity::from_escaped(version, id))
+                .map_or_else(unknown, Message::Build),
             _ => unknown(),
         }
     }
@@ -181,6 +195,8 @@ mod tests {
         send(&a, &Message::Ready).unwrap();
         send(&a, &Message::Descendants(2)).unwrap();
         let others = [
+            Message::Build(BuildIdentity::new("1.2 rc", "x".repeat(100)).unwrap()),
+            Message::Build(BuildIdentity::new("%".repeat(33), "\n").unwrap()),
             Message::Stopping,
             Message::Rollback,
             Message::Takes(vec!["echo".into(), "ws".into()]),
@@ -193,6 +209,7 @@ mod tests {
         }
         send(&a, &Message::Refused(format!("a\nb{}", "x".repeat(400)))).unwrap();
         sys::send_all(a.as_fd(), b"hello from the future\n").unwrap();
+        sys::send_all(a.as_fd(), b"build 1.0\n").unwrap();
         drop(a);
         let mut reader = Reader::new(b);
         assert_eq!(reader.next().unwrap(), Some(Message::Ready));
@@ -205,6 +222,10 @@ mod tests {
             "a long reason is cut to one line"
         );
         assert!(matches!(reader.next().unwrap(), Some(Message::Unknown(_))));
+        assert!(
+            matches!(reader.next().unwrap(), Some(Message::Unknown(_))),
+            "a build message without its id is not understood, and ignored"
+        );
         assert_eq!(reader.next().unwrap(), None);
     }
 

@@ -6,7 +6,14 @@
 //!
 //! - First start, once ready: `READY=1`.
 //! - An upgrade begins, in the running process: `RELOADING=1` with `MONOTONIC_USEC=`, which
-//!   `Type=notify-reload` requires to tell this reload from an older one.
+//!   `Type=notify-reload` requires to tell this reload from an older one, and
+//!   `EXTEND_TIMEOUT_USEC=` ([`EXTEND_BY`]).
+//! - While the upgrade waits for the new generation: `EXTEND_TIMEOUT_USEC=` again every 5 s
+//!   (`successor::HEARTBEAT`), with a `STATUS=` that says how long it has waited. systemd moves
+//!   the reload's timeout (the `ExecReload=` command's, or `Type=notify-reload`'s wait for
+//!   `READY=1`, both `TimeoutStartSec=`) to at least that long from the message, never earlier
+//!   than it was; so a reload never times out before the upgrade's own timeout, however long
+//!   that is, and a process that hangs is still given up on 15 s after its last message.
 //! - The new generation is ready: the old process, which is still the main process, sends
 //!   `MAINPID=<new pid>` and `READY=1`, before its `upgrade()` returns and so before it may stop
 //!   accepting or exit. Sending it from the old process is what makes it heard under the default
@@ -27,6 +34,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
 
 use crate::sys;
 
@@ -89,13 +97,30 @@ impl Notifier {
     }
 }
 
-/// `RELOADING=1` with the time it began, as `Type=notify-reload` requires.
+/// How far each `EXTEND_TIMEOUT_USEC=` moves the service manager's timeout: three heartbeats
+/// (`successor::HEARTBEAT`, 5 s), so that two lost or late messages do not let it fire, while a
+/// process that hangs is given up on soon after the manager's own timeout.
+pub(crate) const EXTEND_BY: Duration = Duration::from_secs(15);
+
+/// `RELOADING=1` with the time it began, as `Type=notify-reload` requires, and a first
+/// `EXTEND_TIMEOUT_USEC=`. systemd reads the state first, then the extension, so the extension
+/// applies to the reload this message begins.
 pub(crate) fn reloading(status: &str) -> String {
     format!(
-        "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS={}",
+        "RELOADING=1\nMONOTONIC_USEC={}\n{}\nSTATUS={}",
         monotonic_usec(),
+        extend_timeout(),
         one_line(status)
     )
+}
+
+/// `EXTEND_TIMEOUT_USEC=` and what is being waited for, while an upgrade waits.
+pub(crate) fn still_upgrading(status: &str) -> String {
+    format!("{}\nSTATUS={}", extend_timeout(), one_line(status))
+}
+
+fn extend_timeout() -> String {
+    format!("EXTEND_TIMEOUT_USEC={}", EXTEND_BY.as_micros())
 }
 
 /// A `STATUS=` value on one line, as the protocol needs: a newline would start another field.
@@ -141,7 +166,6 @@ fn abstract_address(_: &[u8]) -> io::Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn notifier(value: &str) -> Notifier {
         let value = OsString::from(value);
@@ -200,7 +224,12 @@ mod tests {
             .parse()
             .unwrap();
         assert!(usec >= before, "{usec} < {before}");
-        assert_eq!(lines[2], "STATUS=upgrading: step 1");
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2], "EXTEND_TIMEOUT_USEC=15000000");
+        assert_eq!(lines[3], "STATUS=upgrading: step 1");
+        assert_eq!(lines.len(), 4);
+        assert_eq!(
+            still_upgrading("waiting\nfor 5 s"),
+            "EXTEND_TIMEOUT_USEC=15000000\nSTATUS=waiting for 5 s"
+        );
     }
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::env;
 use crate::error::{Error, Result};
+use crate::identity::BuildIdentity;
 use crate::link::{Message, Reader};
 use crate::spawn::{self, FIRST_FD, Setup};
 use crate::sys;
@@ -97,10 +98,15 @@ pub(crate) fn start(next: Next<'_>, exec_timeout: Duration) -> Result<u32> {
     )
 }
 
+/// How often [`wait_ready`] calls its `heartbeat` while it waits (the upgrader's keeps a
+/// service manager's timeout from firing, see `notify.rs`).
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// Waits on the link until process `pid` says `ready`, until `deadline` at most (`timeout` is
-/// the bound reported in [`Error::Timeout`]).
-///
-/// Other messages before `ready` go to `on_message`. On failure the process has been killed
+/// the bound reported in [`Error::Timeout`]); returns the build identity it sent before, if it
+/// did. Calls `heartbeat` every [`HEARTBEAT`] while it waits; other messages before `ready` go
+/// to `on_message`.
+/// On failure the process has been killed
 /// with its group and reaped; `forget` runs first, for a caller that must stop signalling the
 /// pid before it can be reused.
 ///
@@ -114,12 +120,21 @@ pub(crate) fn wait_ready(
     deadline: Instant,
     timeout: Duration,
     forget: impl Fn(),
+    mut heartbeat: impl FnMut(),
     mut on_message: impl FnMut(Message),
-) -> Result<()> {
+) -> Result<Option<BuildIdentity>> {
+    let mut build = None;
+    let mut beat = Instant::now() + HEARTBEAT;
     loop {
-        match link.next_until(deadline) {
-            Ok(Some(Message::Ready)) => return Ok(()),
+        match link.next_until(deadline.min(beat)) {
+            Ok(Some(Message::Ready)) => return Ok(build),
+            Ok(Some(Message::Build(identity))) => build = Some(identity),
             Ok(Some(other)) => on_message(other),
+            // A wake-up to beat, not the deadline: wait on.
+            Err(err) if err.kind() == io::ErrorKind::TimedOut && Instant::now() < deadline => {
+                heartbeat();
+                beat = Instant::now() + HEARTBEAT;
+            }
             Ok(None) => {
                 // It closed the link: it exited. Killing a zombie is harmless and makes sure
                 // nothing lingers if it only closed the descriptor; its group goes too, with

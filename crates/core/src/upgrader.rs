@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::identity::{BuildIdentity, Successor};
 use crate::lineage::{self, Generation, Lineage};
 use crate::link::{Message, Reader};
 use crate::notify::{self, Notifier};
@@ -89,6 +90,8 @@ pub(crate) struct Config {
     pub(crate) max_generations: usize,
     pub(crate) backlog: sys::Backlog,
     pub(crate) probation: Duration,
+    /// What this generation runs, told to the parent before `ready`.
+    pub(crate) build: BuildIdentity,
 }
 
 type Observer = Arc<dyn Fn(&Transition) + Send + Sync>;
@@ -274,6 +277,11 @@ impl Upgrader {
                 tracing::debug!(%err, "cannot announce the connections this generation takes");
             }
         }
+        // What this generation runs, for the parent to report; a parent of an older version
+        // ignores the line. A failure to send shows in the `ready` that follows.
+        let _ = inner
+            .lineage
+            .tell_parent(&Message::Build(inner.config.build.clone()));
         let told = inner.lineage.tell_parent(&Message::Ready);
         if let Some(Err(err)) = &told {
             tracing::warn!(
@@ -321,6 +329,21 @@ impl Upgrader {
     /// process is not in a state to upgrade; [`Error::Spawn`], [`Error::ChildExited`] and
     /// [`Error::Timeout`] when the new process failed.
     pub fn upgrade(&self) -> Result<u32> {
+        self.upgrade_identified().map(|successor| successor.pid)
+    }
+
+    /// [`upgrade`](Self::upgrade), and what the new generation runs: its pid, generation and
+    /// [`BuildIdentity`], as it told this process just before it was ready. A deploy checks
+    /// with it that the binary it shipped is the one that serves.
+    ///
+    /// While it waits for the new generation under a service manager, it sends
+    /// `EXTEND_TIMEOUT_USEC=` every 5 s, so that the reload's timeout does not fire before the
+    /// upgrade's own (see [`upgrade`](Self::upgrade) for the rest of what is sent).
+    ///
+    /// # Errors
+    ///
+    /// As [`upgrade`](Self::upgrade).
+    pub fn upgrade_identified(&self) -> Result<Successor> {
         let inner = &self.inner;
         {
             let mut state = inner.state();
@@ -349,7 +372,7 @@ impl Upgrader {
         )));
         let started = inner.start_successor();
         inner.starting_link().take();
-        let started = started.and_then(|(child, reader, successor)| {
+        let started = started.and_then(|(child, reader, build, successor)| {
             // A stop that came while the child got ready still wins.
             if inner.stopping.load(Ordering::SeqCst) {
                 if let Err(err) = inner.end_child(child) {
@@ -357,10 +380,10 @@ impl Upgrader {
                 }
                 return Err(Error::UpgradeCancelled { pid: inner.pid });
             }
-            Ok((child, reader, successor))
+            Ok((child, reader, build, successor))
         });
         let mut state = inner.state();
-        let (child, reader, successor) = match started {
+        let (child, reader, build, successor) = match started {
             Ok(started) => started,
             Err(err) => {
                 *state = State::Ready;
@@ -431,7 +454,11 @@ impl Upgrader {
             tracing::warn!(%err, "cannot watch the new generation; its probation ends now");
             inner.retire(child, "the new generation cannot be watched");
         }
-        Ok(child)
+        Ok(Successor {
+            pid: child,
+            generation: inner.generation + 1,
+            build,
+        })
     }
 
     /// Calls `observer` on every [`Transition`] of this generation, on the thread that makes
@@ -457,6 +484,13 @@ impl Upgrader {
     /// 1 for a process started by hand (or by systemd), 2 for its first successor, and so on.
     pub fn generation(&self) -> u64 {
         self.inner.generation
+    }
+
+    /// What this generation runs: the version and build id it was built with (see
+    /// [`Builder::version`](crate::Builder::version) and
+    /// [`Builder::build_id`](crate::Builder::build_id)).
+    pub fn build_identity(&self) -> &BuildIdentity {
+        &self.inner.config.build
     }
 
     /// Whether [`ready`](Self::ready) has succeeded.
@@ -615,8 +649,15 @@ impl Inner {
     }
 
     /// Starts the next generation and waits for its `ready`; returns its pid, the link to it,
-    /// and the hand-off channel to it if it takes connections.
-    fn start_successor(&self) -> Result<(u32, Reader, Option<crate::handoff::Successor>)> {
+    /// what it said it runs, and the hand-off channel to it if it takes connections.
+    fn start_successor(
+        &self,
+    ) -> Result<(
+        u32,
+        Reader,
+        Option<BuildIdentity>,
+        Option<crate::handoff::ToSuccessor>,
+    )> {
         let config = &self.config;
         let span = tracing::info_span!(
             "upgrade",
@@ -681,13 +722,28 @@ impl Inner {
         );
 
         let mut reader = Reader::new(ours);
+        // Under a service manager, keep the reload's timeout from firing before ours.
+        let still_upgrading = || {
+            if self.notifier.is_enabled() {
+                self.notifier.send(&notify::still_upgrading(&format!(
+                    "Upgrading: pid {} (generation {}) has waited {} s of {} s for pid {child} \
+                     (generation {}) to be ready",
+                    self.pid,
+                    self.generation,
+                    started.elapsed().as_secs(),
+                    config.upgrade_timeout.as_secs(),
+                    self.generation + 1
+                )));
+            }
+        };
         let mut takes = Vec::new();
-        let ready = successor::wait_ready(
+        let waited = successor::wait_ready(
             &mut reader,
             child,
             deadline,
             config.upgrade_timeout,
             || self.forget_child(),
+            still_upgrading,
             |message| match message {
                 Message::Takes(tags) => takes = tags,
                 other => tracing::debug!(?other, "ignoring a message before ready"),
@@ -695,18 +751,20 @@ impl Inner {
         );
         // Whatever the outcome, the state has been handed over or will not be any more.
         state_server.finish();
-        ready?;
+        let build = waited?;
         tracing::info!(
             child_pid = child,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            version = build.as_ref().map(BuildIdentity::version),
+            build = build.as_ref().map(BuildIdentity::id),
             "new generation is ready; this one is replaced"
         );
-        let successor = (!takes.is_empty()).then(|| crate::handoff::Successor {
+        let successor = (!takes.is_empty()).then(|| crate::handoff::ToSuccessor {
             pid: child,
             socket: handoff_ours,
             tags: takes,
         });
-        Ok((child, reader, successor))
+        Ok((child, reader, build, successor))
     }
 
     /// Forgets the new process under the state lock, before it is reaped, so that a

@@ -117,6 +117,20 @@ impl Builder {
         self
     }
 
+    /// The application's version, reported with each upgrade: usually
+    /// `env!("CARGO_PKG_VERSION")`. See [`graceful_core::Builder::version`].
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.core = self.core.version(version);
+        self
+    }
+
+    /// The build id reported with the version; by default a fingerprint of the executable
+    /// file. See [`graceful_core::Builder::build_id`].
+    pub fn build_id(mut self, id: impl Into<String>) -> Self {
+        self.core = self.core.build_id(id);
+        self
+    }
+
     /// See [`graceful_core::Builder::listen_backlog`].
     pub fn listen_backlog(mut self, backlog: u32) -> Self {
         self.core = self.core.listen_backlog(backlog);

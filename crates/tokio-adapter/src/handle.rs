@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use graceful_core::{Error, Result, Transition, Upgrader};
+use graceful_core::{Error, Result, Successor, Transition, Upgrader};
 use pin_project_lite::pin_project;
 use tokio::net::ToSocketAddrs;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -306,6 +306,19 @@ impl Graceful {
     pub async fn upgrade(&self) -> Result<u32> {
         let upgrader = self.inner.upgrader.clone();
         run_blocking("graceful-upgrade", move || upgrader.upgrade()).await
+    }
+
+    /// [`upgrade`](Self::upgrade), and what the new generation runs: its pid, generation and
+    /// build identity. The control socket's `upgrade` request answers with it.
+    ///
+    /// Cancel safe as [`upgrade`](Self::upgrade).
+    ///
+    /// # Errors
+    ///
+    /// As [`Upgrader::upgrade`].
+    pub async fn upgrade_identified(&self) -> Result<Successor> {
+        let upgrader = self.inner.upgrader.clone();
+        run_blocking("graceful-upgrade", move || upgrader.upgrade_identified()).await
     }
 
     /// Asks the previous generation, on probation, to take the service back; returns its pid.

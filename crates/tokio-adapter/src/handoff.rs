@@ -37,7 +37,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
-use graceful_core::handoff::{Frame, FrameReader, OutFrame, Successor};
+use graceful_core::handoff::{Frame, FrameReader, OutFrame, ToSuccessor};
 use graceful_core::{Error, Result, SavedState};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -337,7 +337,7 @@ impl Graceful {
         if self.is_stopping() {
             return Err("this generation is stopping, without a successor".into());
         }
-        let Successor { pid, socket, tags } = self
+        let ToSuccessor { pid, socket, tags } = self
             .inner
             .upgrader
             .successor_handoff()

@@ -84,8 +84,9 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use builder::Builder;
-pub use graceful_core::SavedState;
-pub use graceful_core::{DrainOutcome, DrainReport, Error, Result, Upgrader};
+pub use graceful_core::{
+    BuildIdentity, DrainOutcome, DrainReport, Error, Result, SavedState, Successor, Upgrader,
+};
 pub use handle::{Graceful, UpgradeRequested};
 pub use handoff::{HAND_OFF_TIMEOUT, Handed, HandedOver, NotHandedOff, QUEUE};
 pub use listener::{Accept, Listener, TcpListener, UnixListener};

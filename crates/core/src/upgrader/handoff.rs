@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use super::{Inner, State, Upgrader};
 use crate::error::{Error, Result};
-use crate::handoff::{self, Frame, FrameReader, OutFrame, SavedState, Successor};
+use crate::handoff::{self, Frame, FrameReader, OutFrame, SavedState, ToSuccessor};
 use crate::link::{self, Message};
 use crate::sys;
 
@@ -46,7 +46,7 @@ pub(crate) struct HandOffs {
     /// fails.
     given: Arc<AtomicBool>,
     /// The channel to a successor that is ready, until an adapter takes it.
-    successor: Mutex<Option<Successor>>,
+    successor: Mutex<Option<ToSuccessor>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,7 +90,7 @@ impl HandOffs {
         self.given.store(false, Ordering::SeqCst);
     }
 
-    pub(crate) fn set_successor(&self, successor: Option<Successor>) {
+    pub(crate) fn set_successor(&self, successor: Option<ToSuccessor>) {
         *lock(&self.successor) = successor;
     }
 }
@@ -369,7 +369,7 @@ impl Upgrader {
     /// The channel to the successor that replaced this generation, with the tags it takes,
     /// once per upgrade: for the runtime adapter, which hands connections over on it. `None`
     /// when the successor takes none.
-    pub fn successor_handoff(&self) -> Option<Successor> {
+    pub fn successor_handoff(&self) -> Option<ToSuccessor> {
         lock(&self.inner.handoffs.successor).take()
     }
 }

@@ -1,5 +1,5 @@
-//! The server side: answers `upgrade` and `rollback` on the control socket while this
-//! generation serves, through the handle's own methods.
+//! The server side: answers `upgrade`, `rollback` and `status` on the control socket while
+//! this generation serves, through the handle's own methods.
 //!
 //! Invariants:
 //! - The socket file has mode 0600 from the moment it exists (see
@@ -103,13 +103,17 @@ async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream
     let reply = match read {
         Ok(Ok(_)) if request.ends_with('\n') => respond(&graceful, request.trim()).await,
         Ok(Ok(n)) if n as u64 >= MAX_LINE => {
-            format!("error the request is longer than {MAX_LINE} bytes")
+            vec![format!("error the request is longer than {MAX_LINE} bytes")]
         }
-        Ok(Ok(_)) => "error the request must be one line, ending with a newline".to_owned(),
-        Ok(Err(err)) => format!("error cannot read the request: {err}"),
-        Err(_) => format!("error no request within {REQUEST_TIMEOUT:?}"),
+        Ok(Ok(_)) => vec!["error the request must be one line, ending with a newline".to_owned()],
+        Ok(Err(err)) => vec![format!("error cannot read the request: {err}")],
+        Err(_) => vec![format!("error no request within {REQUEST_TIMEOUT:?}")],
     };
-    let reply = format!("{}\n", reply.replace(['\n', '\r'], " "));
+    // Each line one line, whatever a reason contained.
+    let reply: String = reply
+        .iter()
+        .map(|line| format!("{}\n", line.replace(['\n', '\r'], " ")))
+        .collect();
     let stream = stream.get_mut();
     if let Err(err) = stream.write_all(reply.as_bytes()).await {
         tracing::warn!(%err, "cannot answer on the control socket; the client has gone");
@@ -125,34 +129,60 @@ async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream
     }
 }
 
-async fn respond(graceful: &Graceful, request: &str) -> String {
+/// The answer's second line: who serves, and what it runs when it said so.
+fn serving(pid: u32, generation: u64, build: Option<&graceful_core::BuildIdentity>) -> String {
+    match build {
+        Some(build) => format!("serving pid={pid} generation={generation} {build}"),
+        None => format!("serving pid={pid} generation={generation}"),
+    }
+}
+
+/// The answer's lines: `ok PID` or `error REASON`, and after `ok` to `upgrade` or `status`, a
+/// second line that says what serves (see the module's protocol).
+async fn respond(graceful: &Graceful, request: &str) -> Vec<String> {
+    if request == "status" {
+        let upgrader = graceful.upgrader();
+        return vec![
+            format!("ok {}", upgrader.pid()),
+            serving(
+                upgrader.pid(),
+                upgrader.generation(),
+                Some(upgrader.build_identity()),
+            ),
+        ];
+    }
     if request == "rollback" {
         tracing::warn!(
             pid = std::process::id(),
             "rollback requested on the control socket"
         );
-        return match graceful.rollback(ROLLBACK_TIMEOUT).await {
+        return vec![match graceful.rollback(ROLLBACK_TIMEOUT).await {
             Ok(pid) => format!("ok {pid}"),
             Err(err) => format!("error {err}"),
-        };
+        }];
     }
     if request != "upgrade" {
-        return format!(
-            "error unknown request {request:?}; the requests are \"upgrade\" and \"rollback\""
-        );
+        return vec![format!(
+            "error unknown request {request:?}; the requests are \"upgrade\", \"rollback\" and \
+             \"status\""
+        )];
     }
     if graceful.is_upgrade_requested() {
-        return format!(
+        return vec![format!(
             "error this process (pid {}) is stopping or already replaced",
             std::process::id()
-        );
+        )];
     }
     tracing::info!(
         pid = std::process::id(),
         "upgrade requested on the control socket"
     );
-    match graceful.upgrade().await {
-        Ok(pid) => format!("ok {pid}"),
-        Err(err) => format!("error {err}"),
+    // `ok PID` alone on the first line, as clients from before the second line parse it.
+    match graceful.upgrade_identified().await {
+        Ok(new) => vec![
+            format!("ok {}", new.pid),
+            serving(new.pid, new.generation, new.build.as_ref()),
+        ],
+        Err(err) => vec![format!("error {err}")],
     }
 }
