@@ -1,4 +1,5 @@
-//! Whether this generation accepts: one switch for all of the process's listeners.
+//! Whether this generation accepts: one switch for all of the process's listeners and UDP
+//! sockets.
 //!
 //! Invariants:
 //! - Nothing is accepted before this generation is ready. A generation whose readiness fails
@@ -115,6 +116,12 @@ pub(crate) struct GateWatch {
 }
 
 impl GateWatch {
+    /// A receiver of the gate's state, for waits that hold only `&self`: several tasks may
+    /// receive from one UDP socket at once, and each needs its own wake-up at a change.
+    pub(crate) fn receiver(&self) -> watch::Receiver<Accepting> {
+        self.state.clone()
+    }
+
     /// Where the gate stands; registers `cx` to be woken at its next change.
     pub(crate) fn poll_state(&mut self, cx: &mut Context<'_>) -> Accepting {
         loop {
