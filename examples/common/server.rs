@@ -6,6 +6,7 @@
 //! report whether it worked (`upgraded pid=…` / `rolled back pid=…`, or the reason and exit
 //! status 1).
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ pub(crate) struct Config {
     control_socket: Option<String>,
     upgrade_timeout: Duration,
     probation: Option<Duration>,
+    /// The values of the binary's own options, by name.
+    #[allow(dead_code)] // http-server has none
+    extra: HashMap<String, String>,
 }
 
 impl Config {
@@ -43,6 +47,12 @@ impl Config {
         builder.install()
     }
 
+    /// The value of the binary's own option `--name`, if given.
+    #[allow(dead_code)] // http-server has none
+    pub(crate) fn option(&self, name: &str) -> Option<&str> {
+        self.extra.get(name).map(String::as_str)
+    }
+
     /// The server's listener: the socket the service manager passed under `--fd-name`, or the
     /// one for `--addr` (a passed socket bound to that address is adopted too).
     pub(crate) async fn listen(
@@ -57,10 +67,13 @@ impl Config {
 }
 
 /// Parses the command line, logs to stderr, runs `serve` (or the `upgrade` subcommand), and
-/// turns its outcome into the exit code (2 for a bad command line).
+/// turns its outcome into the exit code (2 for a bad command line). `extra` are the binary's own
+/// options, `--name VALUE`, each with an example value for the usage line; `serve` reads them
+/// with [`Config::option`].
 pub(crate) async fn main<F>(
     name: &str,
     default_addr: &str,
+    extra: &[(&str, &str)],
     serve: impl FnOnce(Config) -> F,
 ) -> ExitCode
 where
@@ -72,10 +85,14 @@ where
         )
         .with_writer(std::io::stderr)
         .init();
+    let extra_usage: String = extra
+        .iter()
+        .map(|(option, example)| format!(" [--{option} {example}]"))
+        .collect();
     let usage = format!(
         "usage: {name} [--addr {default_addr} | --fd-name NAME] [--pid-file PATH] \
          [--control-socket PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] \
-         [--probation 5s]\n       \
+         [--probation 5s]{extra_usage}\n       \
          {name} upgrade --control-socket PATH [--timeout 90s]\n       \
          {name} rollback --control-socket PATH [--timeout 90s]"
     );
@@ -85,7 +102,8 @@ where
         Some("rollback") => return request(name, Request::Rollback, args.skip(1), &usage).await,
         _ => {}
     }
-    let config = match config(args, default_addr) {
+    let extra: Vec<&str> = extra.iter().map(|(option, _)| *option).collect();
+    let config = match config(args, default_addr, &extra) {
         Ok(config) => config,
         Err(problem) => {
             eprintln!("{name}: {problem}\n{usage}");
@@ -101,19 +119,22 @@ where
     }
 }
 
-fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Config, String> {
-    let flags = Flags::parse_from(
-        args,
-        &[
-            "addr",
-            "fd-name",
-            "pid-file",
-            "control-socket",
-            "upgrade-timeout",
-            "drain-timeout",
-            "probation",
-        ],
-    )?;
+fn config(
+    args: impl Iterator<Item = String>,
+    default_addr: &str,
+    extra: &[&str],
+) -> Result<Config, String> {
+    let mut known = vec![
+        "addr",
+        "fd-name",
+        "pid-file",
+        "control-socket",
+        "upgrade-timeout",
+        "drain-timeout",
+        "probation",
+    ];
+    known.extend_from_slice(extra);
+    let flags = Flags::parse_from(args, &known)?;
     if flags.text("addr").is_some() && flags.text("fd-name").is_some() {
         return Err("--addr and --fd-name exclude each other".into());
     }
@@ -128,6 +149,10 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
             .text("probation")
             .map(|_| flags.duration("probation", Duration::ZERO))
             .transpose()?,
+        extra: extra
+            .iter()
+            .filter_map(|&option| Some((option.to_owned(), flags.text(option)?)))
+            .collect(),
     })
 }
 
