@@ -124,7 +124,8 @@ impl Asking {
 /// and each generation answers.
 ///
 /// Once the harness hears that an upgrade is done, the old generation has paused (it reports
-/// the upgrade after pausing): from the next datagram on, it must answer none. The one in flight
+/// the upgrade after pausing, and a pause waits for a read in progress): from the next datagram
+/// on, it must answer none. The one in flight
 /// at that moment may be its own, read before the pause. So may a few just before it: the new
 /// generation reads from its readiness on, and the old one pauses when it hears of it, a
 /// thread wake-up later; the test prints how many datagrams the old one answered in that window

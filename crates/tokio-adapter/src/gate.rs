@@ -10,6 +10,9 @@
 //!   is final, or on a stop, does every listener end.
 //! - A listener waiting at the gate is woken by every change, so a pause, a resume or the end
 //!   takes effect at once, not at the next connection.
+//! - Setting the gate waits for a UDP read in progress: a receive borrows the state, which
+//!   holds the watch channel's read lock, for the length of its non-blocking read (`udp.rs`).
+//!   Nothing that sets the gate may run under such a borrow.
 //! - The gate counts the application's listeners that can still accept: a generation whose
 //!   listeners have all been dropped cannot take the service back.
 

@@ -8,10 +8,14 @@
 //! again after a rollback, and ends at retirement or on a stop.
 //!
 //! Invariants:
-//! - The gate is read before every receive, and the read that takes a datagram follows the
-//!   check with no `.await` between them: a non-blocking `recvfrom` (`try_recv_from`), never a
-//!   receive that parks inside the kernel. Waiting for a datagram is a wait for readiness, which
-//!   takes nothing; when it ends, the gate is checked again before the read.
+//! - The read that takes a datagram is a non-blocking `recvfrom` (`try_recv_from`), never a
+//!   receive that parks inside the kernel, and it runs while the gate's state is borrowed and
+//!   seen open. The borrow holds the read side of the lock that setting the gate takes, so a
+//!   pause waits for a read in progress to return, and no read starts once it is set: the
+//!   check and the read cannot be split by a pause. Waiting for a datagram is a wait for
+//!   readiness, which takes nothing; when it ends, the gate is checked again.
+//! - Nothing else is done under that borrow (reporting readiness sets the gate, and would
+//!   deadlock), and it is never held across an `.await`.
 //! - A receive that waits for a datagram waits for the gate too: a pause, a resume or the end
 //!   wakes it, so a pause takes effect at once, not at the next datagram. A receive pending when
 //!   the gate pauses returns to waiting for the gate without reading.
@@ -21,22 +25,23 @@
 //!
 //! # What is guaranteed, and what is not
 //!
-//! No datagram is taken by this generation after it has observed its successor's readiness:
-//! the pause is seen by every receive before its next read. What the pause cannot undo:
+//! Once this generation has paused, which it does as soon as it hears that its successor is
+//! ready and before it tells anyone else of the upgrade, it takes no datagram: no read is in
+//! progress and none starts. A receive that was waiting goes back to waiting for the gate. What
+//! the pause cannot undo:
 //!
-//! - A datagram read before the pause (or by a `recvfrom` running at the very instant of it) is
-//!   this generation's, and is answered by it, possibly after the successor has answered a later
-//!   one.
+//! - A datagram read before the pause is this generation's, and is answered by it, possibly
+//!   after the successor has answered a later one.
 //! - The successor opens its gate as it reports ready; this generation pauses when it hears
 //!   that report, which its upgrade thread, blocked on the readiness link, reads at once. In
 //!   that window, a thread wake-up long, both may read. On a loaded 2-core machine
 //!   (`tests/udp.rs`, a client asking datagram after datagram), the old generation answered no
-//!   datagram after its successor's first answer at most upgrades, one at some, and 18 at the
-//!   worst seen. Closing the window would need the successor to wait for an acknowledgement of
+//!   datagram after its successor's first answer at most upgrades, and up to 38 at the worst
+//!   seen. Closing the window would need the successor to wait for an acknowledgement of
 //!   the pause over the readiness link, which carries none.
 //!
-//! A server that must not answer out of order across generations therefore answers each
-//! datagram as soon as it has read it, as the examples do.
+//! A server that answers each datagram as soon as it has read it, as the examples do, keeps the
+//! first limit to the datagrams it was handling at the pause.
 
 use std::fmt;
 use std::io;
@@ -157,9 +162,18 @@ impl UdpSocket {
                     continue;
                 }
             }
-            // Open, checked just now, and nothing awaited since: the only read that takes a
-            // datagram. tokio skips the system call when the socket is known not readable.
-            match self.inner.try_recv_from(buf) {
+            // The only read that takes a datagram: non-blocking, with the gate's state
+            // borrowed, which holds the lock a pause needs to set it. So the gate is open during
+            // the whole read, and once a pause is set, no read is in flight. tokio skips the
+            // system call when the socket is known not to be readable.
+            let received = {
+                let state = gate.borrow();
+                if *state != Accepting::Open {
+                    continue;
+                }
+                self.inner.try_recv_from(buf)
+            };
+            match received {
                 Ok(received) => return Ok(Some(received)),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => return Err(err),
@@ -365,6 +379,36 @@ mod tests {
             .expect("received once ready")
             .unwrap();
         assert_eq!(received, b"early");
+    }
+
+    /// What the guarantee rests on: tokio documents that an outstanding borrow of a watch
+    /// channel's value holds its read lock, which sending waits for. A receive reads with the
+    /// state borrowed, so a pause cannot be set in the middle of a read.
+    #[test]
+    fn a_pause_waits_for_a_read_in_progress() {
+        let gate = Arc::new(Gate::new());
+        gate.set(Accepting::Open);
+        let watch = gate.watch(false);
+        let receiver = watch.receiver();
+        let reading = receiver.borrow();
+        let (paused_tx, paused) = std::sync::mpsc::channel();
+        let pausing = std::thread::spawn({
+            let gate = gate.clone();
+            move || {
+                gate.set(Accepting::Paused);
+                paused_tx.send(()).unwrap();
+            }
+        });
+        assert!(
+            paused.recv_timeout(Duration::from_millis(200)).is_err(),
+            "the pause was set while a read was in progress"
+        );
+        drop(reading);
+        paused
+            .recv_timeout(STEP)
+            .expect("the pause is set once the read is done");
+        pausing.join().unwrap();
+        assert_eq!(*receiver.borrow(), Accepting::Paused);
     }
 
     #[test]
