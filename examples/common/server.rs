@@ -11,6 +11,7 @@
 //! `GRACEFUL_EXAMPLE_BUILD_ID` held at compile time, or else graceful's default: the executable
 //! file's `SIZE@MTIME`, which changes when a deploy replaces the binary.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ pub(crate) struct Config {
     control_socket: Option<String>,
     upgrade_timeout: Duration,
     probation: Option<Duration>,
+    /// The values of the binary's own options, by name.
+    #[allow(dead_code)] // http-server has none
+    extra: HashMap<String, String>,
 }
 
 impl Config {
@@ -56,6 +60,12 @@ impl Config {
         builder.install()
     }
 
+    /// The value of the binary's own option `--name`, if given.
+    #[allow(dead_code)] // http-server has none
+    pub(crate) fn option(&self, name: &str) -> Option<&str> {
+        self.extra.get(name).map(String::as_str)
+    }
+
     /// The server's listener: the socket the service manager passed under `--fd-name`, or the
     /// one for `--addr` (a passed socket bound to that address is adopted too).
     pub(crate) async fn listen(
@@ -70,10 +80,13 @@ impl Config {
 }
 
 /// Parses the command line, logs to stderr, runs `serve` (or the `upgrade` subcommand), and
-/// turns its outcome into the exit code (2 for a bad command line).
+/// turns its outcome into the exit code (2 for a bad command line). `extra` are the binary's own
+/// options, `--name VALUE`, each with an example value for the usage line; `serve` reads them
+/// with [`Config::option`].
 pub(crate) async fn main<F>(
     name: &str,
     default_addr: &str,
+    extra: &[(&str, &str)],
     serve: impl FnOnce(Config) -> F,
 ) -> ExitCode
 where
@@ -85,10 +98,14 @@ where
         )
         .with_writer(std::io::stderr)
         .init();
+    let extra_usage: String = extra
+        .iter()
+        .map(|(option, example)| format!(" [--{option} {example}]"))
+        .collect();
     let usage = format!(
         "usage: {name} [--addr {default_addr} | --fd-name NAME] [--pid-file PATH] \
          [--control-socket PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] \
-         [--probation 5s] [--handoff on|off]\n       \
+         [--probation 5s] [--handoff on|off]{extra_usage}\n       \
          {name} upgrade --control-socket PATH [--timeout 90s]\n       \
          {name} rollback --control-socket PATH [--timeout 90s]\n       \
          {name} status --control-socket PATH [--timeout 90s]"
@@ -100,7 +117,8 @@ where
         Some("status") => return request(name, Request::Status, args.skip(1), &usage).await,
         _ => {}
     }
-    let config = match config(args, default_addr) {
+    let extra: Vec<&str> = extra.iter().map(|(option, _)| *option).collect();
+    let config = match config(args, default_addr, &extra) {
         Ok(config) => config,
         Err(problem) => {
             eprintln!("{name}: {problem}\n{usage}");
@@ -116,20 +134,23 @@ where
     }
 }
 
-fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Config, String> {
-    let flags = Flags::parse_from(
-        args,
-        &[
-            "addr",
-            "fd-name",
-            "pid-file",
-            "control-socket",
-            "upgrade-timeout",
-            "drain-timeout",
-            "probation",
-            "handoff",
-        ],
-    )?;
+fn config(
+    args: impl Iterator<Item = String>,
+    default_addr: &str,
+    extra: &[&str],
+) -> Result<Config, String> {
+    let mut known = vec![
+        "addr",
+        "fd-name",
+        "pid-file",
+        "control-socket",
+        "upgrade-timeout",
+        "drain-timeout",
+        "probation",
+        "handoff",
+    ];
+    known.extend_from_slice(extra);
+    let flags = Flags::parse_from(args, &known)?;
     if flags.text("addr").is_some() && flags.text("fd-name").is_some() {
         return Err("--addr and --fd-name exclude each other".into());
     }
@@ -149,6 +170,10 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
             .text("probation")
             .map(|_| flags.duration("probation", Duration::ZERO))
             .transpose()?,
+        extra: extra
+            .iter()
+            .filter_map(|&option| Some((option.to_owned(), flags.text(option)?)))
+            .collect(),
     })
 }
 

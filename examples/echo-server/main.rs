@@ -1,8 +1,10 @@
-//! A line-based TCP echo server that survives binary upgrades, and hands its sessions over.
+//! A line-based TCP echo server that survives binary upgrades and hands its sessions over,
+//! and a UDP one with `--udp`.
 //!
 //! ```text
 //! echo-server [--addr 127.0.0.1:7000 | --fd-name NAME] [--pid-file PATH] [--control-socket PATH]
 //!             [--upgrade-timeout 60s] [--drain-timeout 30s] [--probation 5s] [--handoff on|off]
+//!             [--udp 127.0.0.1:7000]
 //! echo-server upgrade --control-socket PATH [--timeout 90s]
 //! echo-server status --control-socket PATH [--timeout 90s]
 //! ```
@@ -10,7 +12,10 @@
 //! Each line is answered with the line and the pid that answered: `hello` gets `hello 4242`. A
 //! line `sleep <ms>` is answered after that many milliseconds, to play a slow request. A line
 //! `count` is answered with the number of lines this service has answered before it, across
-//! generations: the count is state handed to each new generation.
+//! generations: the count is state handed to each new generation. With `--udp ADDR`, each
+//! datagram is answered the same way, with one datagram: its text (without a trailing newline)
+//! and the pid. The UDP socket is handed over like the listener, and only the generation that
+//! serves reads from it.
 //!
 //! `kill -HUP` starts the binary at the same path with the listener inherited. Once the new
 //! process is ready, this one stops accepting and finishes the line each connection is on.
@@ -24,6 +29,7 @@
 //! and when it exits:
 //!
 //! ```text
+//! udp pid=4242 addr=127.0.0.1:7000          (with --udp, before `ready`)
 //! ready pid=4242 generation=1 addr=127.0.0.1:7000
 //! stopped pid=4242 successor=4250
 //! exited pid=4242 open_at_start=8 abandoned=0 outcome=Drained handed_off=8
@@ -60,7 +66,13 @@ type Conn = BufReader<Prefixed<TrackedStream<TcpStream>>>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    server::main("echo-server", "127.0.0.1:7000", serve).await
+    server::main(
+        "echo-server",
+        "127.0.0.1:7000",
+        &[("udp", "127.0.0.1:7000")],
+        serve,
+    )
+    .await
 }
 
 async fn serve(config: server::Config) -> Result<(), graceful::Error> {
@@ -97,7 +109,21 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
     let addr = listener
         .local_addr()
         .map_err(|e| graceful::Error::io("reading the listener's address", e))?;
+    let udp = match config.option("udp") {
+        Some(udp_addr) => Some(graceful.udp(udp_addr).await?),
+        None => None,
+    };
     graceful.ready()?;
+    let datagrams = match udp {
+        Some(socket) => {
+            let udp_addr = socket
+                .local_addr()
+                .map_err(|e| graceful::Error::io("reading the UDP socket's address", e))?;
+            println!("udp pid={} addr={udp_addr}", std::process::id());
+            Some(tokio::spawn(echo_datagrams(socket)))
+        }
+        None => None,
+    };
     server::print_ready(&graceful, addr);
     // The listener pauses when a successor is ready, and ends only once the successor's
     // probation is over: say when accepting stopped.
@@ -126,6 +152,10 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
         ));
     }
     let _ = stopped.await;
+    if let Some(datagrams) = datagrams {
+        // It ends with the listener: from here on, the new generation reads every datagram.
+        let _ = datagrams.await;
+    }
 
     let report = graceful.drain(config.drain_timeout).await;
     server::print_exited(&report, graceful.handed_off());
@@ -203,6 +233,25 @@ async fn echo(mut conn: Conn, graceful: Graceful, answered: Arc<AtomicU64>, hand
         answers += 1;
     }
     close_at_boundary(conn).await;
+}
+
+/// Answers each datagram with its text and this pid, as long as this generation serves.
+async fn echo_datagrams(socket: graceful::UdpSocket) {
+    let pid = std::process::id();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok(Some((len, peer))) => {
+                let text = String::from_utf8_lossy(&buf[..len]);
+                let reply = format!("{} {pid}", text.trim_end_matches(['\r', '\n']));
+                if let Err(err) = socket.send_to(reply.as_bytes(), peer).await {
+                    tracing::warn!(%err, %peer, "cannot answer a datagram");
+                }
+            }
+            Ok(None) => return,
+            Err(err) => tracing::warn!(%err, "receiving a datagram failed"),
+        }
+    }
 }
 
 /// Half-closes, so that the client reads a clean end of stream after its last answer, then

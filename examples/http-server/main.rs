@@ -43,7 +43,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    server::main("http-server", "127.0.0.1:8080", serve).await
+    server::main("http-server", "127.0.0.1:8080", &[], serve).await
 }
 
 async fn serve(config: server::Config) -> Result<(), graceful::Error> {

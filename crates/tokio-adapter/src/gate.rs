@@ -1,4 +1,5 @@
-//! Whether this generation accepts: one switch for all of the process's listeners.
+//! Whether this generation accepts: one switch for all of the process's listeners and UDP
+//! sockets.
 //!
 //! Invariants:
 //! - Nothing is accepted before this generation is ready. A generation whose readiness fails
@@ -9,6 +10,9 @@
 //!   is final, or on a stop, does every listener end.
 //! - A listener waiting at the gate is woken by every change, so a pause, a resume or the end
 //!   takes effect at once, not at the next connection.
+//! - Setting the gate waits for a UDP read in progress: a receive borrows the state, which
+//!   holds the watch channel's read lock, for the length of its non-blocking read (`udp.rs`).
+//!   Nothing that sets the gate may run under such a borrow.
 //! - The gate counts the application's listeners that can still accept: a generation whose
 //!   listeners have all been dropped cannot take the service back.
 
@@ -115,6 +119,12 @@ pub(crate) struct GateWatch {
 }
 
 impl GateWatch {
+    /// A receiver of the gate's state, for waits that hold only `&self`: several tasks may
+    /// receive from one UDP socket at once, and each needs its own wake-up at a change.
+    pub(crate) fn receiver(&self) -> watch::Receiver<Accepting> {
+        self.state.clone()
+    }
+
     /// Where the gate stands; registers `cx` to be woken at its next change.
     pub(crate) fn poll_state(&mut self, cx: &mut Context<'_>) -> Accepting {
         loop {

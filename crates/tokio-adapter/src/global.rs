@@ -1,7 +1,8 @@
 //! The process's installed handle, behind the crate's free functions.
 //!
 //! Invariants:
-//! - Only [`Builder::install`](crate::Builder::install) and the `listen` family create it;
+//! - Only [`Builder::install`](crate::Builder::install) and the `listen` family (with `udp`)
+//!   create it;
 //!   every other function uses what is installed, and nothing installs as a side effect (an
 //!   early `upgrade_requested()` does not take the process's sockets or its signals).
 //! - A failed installation that took the process's inherited descriptors is final: the failure
@@ -67,7 +68,8 @@ pub(crate) fn installed() -> Result<Graceful> {
     }
 }
 
-/// The installed handle, or one installed now with the defaults: for the `listen` family.
+/// The installed handle, or one installed now with the defaults: for the `listen` family and
+/// `udp`.
 pub(crate) fn installed_or_default() -> Result<Graceful> {
     if INSTALLED.get().is_none() {
         match install(|| Builder::new().build()) {

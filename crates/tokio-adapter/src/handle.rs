@@ -6,8 +6,9 @@
 //!   ready and serving, or a graceful stop was asked for. Not at SIGHUP: an upgrade that fails
 //!   changes nothing for the running server. After a rollback it is pending again: futures
 //!   made from then on wait for the next upgrade.
-//! - Listeners accept only through the gate (`gate.rs`): from readiness until a successor
-//!   serves; they pause during the successor's probation and resume after a rollback.
+//! - Listeners accept, and UDP sockets receive, only through the gate (`gate.rs`): from
+//!   readiness until a successor serves; they pause during the successor's probation and
+//!   resume after a rollback.
 //! - A stop wins over an upgrade: one in flight is cancelled and its process group killed, and
 //!   no wait of this handle depends on the upgrade's thread, so a second stop signal ends the
 //!   drain at once.
@@ -33,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use crate::gate::{Accepting, Gate};
 use crate::listener::{Listener, ReportReady, TcpListener, UnixListener};
 use crate::tracked::{ConnectionGuard, TrackedStream};
+use crate::udp::UdpSocket;
 
 /// The process's graceful handle. The free functions of this crate ([`listen`](crate::listen),
 /// [`ready`](crate::ready), …) call the same methods on the installed handle.
@@ -134,7 +136,7 @@ impl Graceful {
     ///
     /// Nothing is installed by asking: [`Builder::install`](crate::Builder::install) installs
     /// the handle, and so does the first [`listen`](crate::listen) (or `listen_named`,
-    /// `listen_unix`) with the defaults.
+    /// `listen_unix`, [`udp`](crate::udp())) with the defaults.
     ///
     /// # Errors
     ///
@@ -228,17 +230,69 @@ impl Graceful {
         Ok(self.wrap(listener))
     }
 
+    /// A UDP socket bound to `addr`: inherited from the previous generation, or bound now.
+    ///
+    /// `addr` may be anything tokio can resolve; its addresses are tried in order. Port 0 binds
+    /// a free port, and the next generation asking for port 0 on the same IP gets the same
+    /// socket back. The socket receives only while this generation serves, like a listener
+    /// accepts; see [`UdpSocket`].
+    ///
+    /// # Errors
+    ///
+    /// As [`listen`](Self::listen): [`Error::Create`], [`Error::Mismatch`] (the inherited
+    /// socket is not a UDP socket bound to `addr`), [`Error::AlreadyRegistered`].
+    pub async fn udp(&self, addr: impl ToSocketAddrs) -> Result<UdpSocket> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|source| Error::Create {
+                what: "a UDP socket (the address does not resolve)".into(),
+                source,
+            })?
+            .collect();
+        let mut last_error = None;
+        for addr in addrs {
+            match self.inner.upgrader.udp_socket(addr) {
+                Ok(socket) => {
+                    socket
+                        .set_nonblocking(true)
+                        .map_err(|e| Error::io("making the UDP socket non-blocking", e))?;
+                    let socket = tokio::net::UdpSocket::from_std(socket)
+                        .map_err(|e| Error::io("registering the UDP socket with tokio", e))?;
+                    return Ok(UdpSocket::new(
+                        socket,
+                        self.inner.gate.watch(true),
+                        self.report_ready(),
+                    ));
+                }
+                Err(err @ Error::Create { .. }) => last_error = Some(err),
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Create {
+            what: "a UDP socket".into(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the address resolves to nothing",
+            ),
+        }))
+    }
+
     fn wrap<L: crate::listener::Accept>(&self, listener: L) -> Listener<L> {
-        let report_ready = (!self.inner.explicit_ready).then(|| {
-            let graceful = self.clone();
-            Arc::new(move || graceful.ready()) as ReportReady
-        });
         Listener::new(
             listener,
             self.inner.gate.watch(true),
-            report_ready,
+            self.report_ready(),
             self.inner.tracker.clone(),
         )
+    }
+
+    /// What a listener or UDP socket calls to report readiness itself, unless the application
+    /// does.
+    fn report_ready(&self) -> Option<ReportReady> {
+        (!self.inner.explicit_ready).then(|| {
+            let graceful = self.clone();
+            Arc::new(move || graceful.ready()) as ReportReady
+        })
     }
 
     /// A listener for the control socket: it follows the gate like the application's, but
@@ -371,8 +425,8 @@ impl Graceful {
         self.inner.tracker.len()
     }
 
-    /// The runtime-agnostic upgrader underneath, for what this crate does not wrap (UDP
-    /// sockets, named files).
+    /// The runtime-agnostic upgrader underneath, for what this crate does not wrap (named
+    /// files).
     pub fn upgrader(&self) -> &Upgrader {
         &self.inner.upgrader
     }

@@ -52,6 +52,10 @@
 //! one polled reports readiness itself unless [`Builder::explicit_ready`] asks the application
 //! to call [`ready`].
 //!
+//! UDP sockets ([`udp()`]) follow the same switch: a generation receives datagrams only while it
+//! serves, so a replaced one, which still holds the same socket, takes none meant for its
+//! successor; see [`UdpSocket`] for what is guaranteed.
+//!
 //! Everything is reported through `tracing`, under the targets `graceful_tokio` (signals,
 //! listeners, the drain, the control socket) and `graceful_core` (the upgrade itself); install a
 //! subscriber to see it. Without one, a failed or rolled-back upgrade, an ignored upgrade signal,
@@ -79,6 +83,7 @@ mod listener;
 mod prefixed;
 mod signals;
 mod tracked;
+mod udp;
 
 use std::path::Path;
 use std::time::Duration;
@@ -92,10 +97,11 @@ pub use handoff::{HAND_OFF_TIMEOUT, Handed, HandedOver, NotHandedOff, QUEUE};
 pub use listener::{Accept, Listener, TcpListener, UnixListener};
 pub use prefixed::Prefixed;
 pub use tracked::{ConnectionGuard, TrackedStream};
+pub use udp::UdpSocket;
 
 /// Inherits the TCP listener for `addr` from the previous generation, or binds it; see
 /// [`Graceful::listen`]. Installs the process's handle with the defaults if [`Builder::install`]
-/// was not called: with `listen_named` and `listen_unix`, the only functions that do.
+/// was not called: with `listen_named`, `listen_unix` and [`udp()`], the only functions that do.
 ///
 /// # Errors
 ///
@@ -122,6 +128,16 @@ pub async fn listen_named(name: &str) -> Result<TcpListener> {
 /// As [`Graceful::listen`] and [`Builder::install`].
 pub async fn listen_unix(path: impl AsRef<Path>) -> Result<UnixListener> {
     global::installed_or_default()?.listen_unix(path).await
+}
+
+/// Inherits the UDP socket bound to `addr` from the previous generation, or binds it; see
+/// [`Graceful::udp`]. Installs the process's handle with the defaults, as [`listen`] does.
+///
+/// # Errors
+///
+/// As [`Graceful::udp`] and [`Builder::install`].
+pub async fn udp(addr: impl tokio::net::ToSocketAddrs) -> Result<UdpSocket> {
+    global::installed_or_default()?.udp(addr).await
 }
 
 /// Reports that this process serves; see [`Graceful::ready`].
