@@ -123,13 +123,11 @@ impl Asking {
 /// alive and holds the same socket (on probation, then draining). Every datagram is answered,
 /// and each generation answers.
 ///
-/// Once the harness hears that an upgrade is done, the old generation has paused (it reports
-/// the upgrade after pausing, and a pause waits for a read in progress): from the next datagram
-/// on, it must answer none. The one in flight
-/// at that moment may be its own, read before the pause. So may a few just before it: the new
-/// generation reads from its readiness on, and the old one pauses when it hears of it, a
-/// thread wake-up later; the test prints how many datagrams the old one answered in that window
-/// after the new one had answered its first (see `crates/tokio-adapter/src/udp.rs`).
+/// The new generation reads only once the old one has said it paused (`paused` on the
+/// readiness link), and the client asks one datagram at a time: so once the new generation has
+/// answered, the old one answers nothing more. And once the harness hears that an upgrade is
+/// done, the old generation has paused (it reports the upgrade after pausing): from the next
+/// datagram on, it answers none (see `crates/tokio-adapter/src/udp.rs`).
 #[tokio::test]
 async fn datagrams_move_to_each_new_generation_and_never_back() {
     let server = Server::start(SERVER, &["--udp", "127.0.0.1:0"]).await;
@@ -173,8 +171,13 @@ async fn datagrams_move_to_each_new_generation_and_never_back() {
         .collect();
     eprintln!(
         "{} datagrams answered; by generation: {counts:?}; answered by an old generation \
-         after its successor's first answer, before it paused: {window:?}",
+         after its successor's first answer: {window:?}",
         answers.len()
+    );
+    assert_eq!(
+        window,
+        vec![0; UPGRADES],
+        "an old generation answered after its successor had; by generation: {counts:?}"
     );
     assert!(
         counts.iter().all(|&count| count > 0),

@@ -59,6 +59,8 @@ pub(crate) struct Lineage {
     /// Where the parent watcher delivers the answer to a pending rollback request.
     rollback_answer: Mutex<Option<mpsc::Sender<RollbackAnswer>>>,
     parent_exited: Event,
+    /// Set when the parent no longer accepts or reads (`paused`), or has exited.
+    parent_paused: Event,
     finish_requested: Event,
 }
 
@@ -82,6 +84,7 @@ impl Lineage {
             parent_link,
             rollback_answer: Mutex::new(None),
             parent_exited: Event::new(),
+            parent_paused: Event::new(),
             finish_requested: Event::new(),
         }
     }
@@ -93,6 +96,12 @@ impl Lineage {
     /// Set when the parent has exited.
     pub(crate) fn parent_exited(&self) -> &Event {
         &self.parent_exited
+    }
+
+    /// Set when the parent no longer accepts or reads, or has exited; set at once for a process
+    /// without a parent, or whose parent does not say (see `Upgrader::predecessor_paused`).
+    pub(crate) fn parent_paused(&self) -> &Event {
+        &self.parent_paused
     }
 
     /// Set when this is the oldest of too many generations.
@@ -201,6 +210,9 @@ fn watch_parent(inner: &impl Generation, mut reader: Reader) {
     let lineage = inner.lineage();
     while let Ok(Some(message)) = reader.next() {
         match message {
+            Message::Paused => {
+                lineage.parent_paused.set();
+            }
             Message::Resumed(pid) => lineage.answer_rollback(Ok(pid)),
             Message::Refused(reason) => lineage.answer_rollback(Err(reason)),
             Message::Stop => {
@@ -223,6 +235,7 @@ fn watch_parent(inner: &impl Generation, mut reader: Reader) {
     // A pending rollback learns that nobody will answer.
     lineage.pending_rollback().take();
     lineage.counts().parent_alive = false;
+    lineage.parent_paused.set();
     lineage.parent_exited.set();
     check_generations(inner);
 }

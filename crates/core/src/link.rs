@@ -20,6 +20,8 @@
 //! - `resumed PID`: the answer to `rollback`; the parent serves again.
 //! - `refused REASON`: the answer to `rollback` when the parent cannot take over.
 //! - `stop`: the parent has taken the service back; the child stops gracefully.
+//! - `paused`: right after the child's `ready`, the parent has stopped accepting and reading:
+//!   from now on only the child takes datagrams from the shared UDP sockets.
 //!
 //! Unknown lines are ignored, so newer versions can add messages.
 
@@ -44,6 +46,7 @@ pub(crate) enum Message {
     Resumed(u32),
     Refused(String),
     Stop,
+    Paused,
     Unknown(String),
 }
 
@@ -64,6 +67,7 @@ impl Message {
             Message::Resumed(pid) => format!("resumed {pid}\n").into_bytes(),
             Message::Refused(reason) => format!("refused {}\n", one_line(reason)).into_bytes(),
             Message::Stop => b"stop\n".to_vec(),
+            Message::Paused => b"paused\n".to_vec(),
             Message::Unknown(line) => format!("{line}\n").into_bytes(),
         }
     }
@@ -76,6 +80,7 @@ impl Message {
                 "stopping" => Message::Stopping,
                 "rollback" => Message::Rollback,
                 "stop" => Message::Stop,
+                "paused" => Message::Paused,
                 _ => unknown(),
             },
             Some(("descendants", n)) => n.parse().map_or_else(|_| unknown(), Message::Descendants),
@@ -203,6 +208,7 @@ mod tests {
             Message::Resumed(42),
             Message::Refused("not on probation".into()),
             Message::Stop,
+            Message::Paused,
         ];
         for message in &others {
             send(&a, message).unwrap();

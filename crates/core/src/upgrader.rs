@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::identity::{BuildIdentity, Successor};
 use crate::lineage::{self, Generation, Lineage};
-use crate::link::{Message, Reader};
+use crate::link::{self, Message, Reader};
 use crate::notify::{self, Notifier};
 use crate::pidfile;
 use crate::registry::Registry;
@@ -194,6 +194,11 @@ impl Upgrader {
             replaced: Event::new(),
             handoffs: handoff::HandOffs::new(parts.parent_handoff),
         });
+        // A parent that opened no hand-off channel is of a build that never says `paused`;
+        // a process without a parent has nobody to wait for.
+        if !inner.handoffs.has_parent() {
+            inner.lineage.parent_paused().set();
+        }
         if let Some(reader) = parent_reader {
             lineage::start_parent_watcher(inner.clone(), reader)
                 .map_err(|e| Error::io("starting the parent watcher thread", e))?;
@@ -418,6 +423,10 @@ impl Upgrader {
         inner.handoffs.set_successor(successor);
         // Stop accepting first: whoever learns of the upgrade next finds the new one serving.
         inner.emit(&Transition::Replaced { successor: child });
+        // Now the successor alone reads from the shared sockets; it waits for this to read UDP.
+        if let Err(err) = link::send_fd(reader.fd(), &Message::Paused) {
+            tracing::debug!(child_pid = child, %err, "cannot tell the new generation that this one paused");
+        }
         // Before anything lets this process stop accepting or exit: the manager must know the
         // new main pid first, or it takes this process's exit for the service's end.
         inner.notifier.send(&format!(
@@ -512,6 +521,15 @@ impl Upgrader {
     /// exit.
     pub fn replaced(&self) -> &Event {
         &self.inner.replaced
+    }
+
+    /// Set when the generation that started this one no longer accepts connections or reads
+    /// datagrams (it paused as it heard this one's `ready`), or has exited; set from the start
+    /// in a process without a parent, or whose parent is of a build that does not say. Until
+    /// then both read from the UDP sockets they share, so a runtime adapter's UDP socket waits
+    /// for it before its first read.
+    pub fn predecessor_paused(&self) -> &Event {
+        self.inner.lineage.parent_paused()
     }
 
     /// Set when the generation that started this one has exited. Never set in a process that

@@ -60,6 +60,9 @@ pub(crate) struct Inner {
     pub(crate) taken_back: AtomicBool,
     pub(crate) tracker: TaskTracker,
     pub(crate) handoffs: crate::handoff::HandOffs,
+    /// Cancelled when the previous generation no longer reads from the sockets both hold
+    /// ([`Upgrader::predecessor_paused`]).
+    predecessor_paused: tokio_util::sync::CancellationToken,
 }
 
 impl Graceful {
@@ -74,7 +77,13 @@ impl Graceful {
             taken_back: AtomicBool::new(false),
             tracker: TaskTracker::new(),
             handoffs: crate::handoff::HandOffs::default(),
+            predecessor_paused: tokio_util::sync::CancellationToken::new(),
         });
+        let paused = inner.predecessor_paused.clone();
+        inner
+            .upgrader
+            .predecessor_paused()
+            .on_set(move || paused.cancel());
         let finish = inner.finish.clone();
         inner
             .upgrader
@@ -262,7 +271,8 @@ impl Graceful {
                         socket,
                         self.inner.gate.watch(true),
                         self.report_ready(),
-                    ));
+                    )
+                    .after(self.inner.predecessor_paused.clone()));
                 }
                 Err(err @ Error::Create { .. }) => last_error = Some(err),
                 Err(err) => return Err(err),

@@ -27,18 +27,17 @@
 //!
 //! Once this generation has paused, which it does as soon as it hears that its successor is
 //! ready and before it tells anyone else of the upgrade, it takes no datagram: no read is in
-//! progress and none starts. A receive that was waiting goes back to waiting for the gate. What
+//! progress and none starts; and its successor reads only from then on. A receive that was
+//! waiting goes back to waiting for the gate. What
 //! the pause cannot undo:
 //!
 //! - A datagram read before the pause is this generation's, and is answered by it, possibly
 //!   after the successor has answered a later one.
-//! - The successor opens its gate as it reports ready; this generation pauses when it hears
-//!   that report, which its upgrade thread, blocked on the readiness link, reads at once. In
-//!   that window, a thread wake-up long, both may read. On a loaded 2-core machine
-//!   (`tests/udp.rs`, a client asking datagram after datagram), the old generation answered no
-//!   datagram after its successor's first answer at most upgrades, and up to 38 at the worst
-//!   seen. Closing the window would need the successor to wait for an acknowledgement of
-//!   the pause over the readiness link, which carries none.
+//! - Nothing else is lost or split: the successor opens its gate as it reports ready, but
+//!   reads only once this generation has said, on the readiness link, that it paused (`paused`,
+//!   sent right after the pause; its exit counts too). So the two never read in the same
+//!   moment: every datagram this generation took, it took before the successor's first read.
+//!   A parent of an older build, which does not say, is not waited for.
 //!
 //! A server that answers each datagram as soon as it has read it, as the examples do, keeps the
 //! first limit to the datagrams it was handling at the pause.
@@ -87,6 +86,9 @@ pub struct UdpSocket {
     /// `None` when the application reports readiness itself.
     report_ready: Option<ReportReady>,
     stopped: AtomicBool,
+    /// Cancelled once the previous generation, which holds the same socket, no longer reads
+    /// from it; until then this one does not read either.
+    predecessor_paused: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl UdpSocket {
@@ -100,7 +102,15 @@ impl UdpSocket {
             gate,
             report_ready,
             stopped: AtomicBool::new(false),
+            predecessor_paused: None,
         }
+    }
+
+    /// Makes the first receive wait until `paused` is cancelled: the previous generation no
+    /// longer reads.
+    pub(crate) fn after(mut self, paused: tokio_util::sync::CancellationToken) -> Self {
+        self.predecessor_paused = Some(paused);
+        self
     }
 
     /// Makes this socket wait until the application calls [`ready`](crate::ready), instead of
@@ -132,7 +142,24 @@ impl UdpSocket {
             // Marked seen here, so a change after this read completes `changed()` below.
             let state = *gate.borrow_and_update();
             match state {
-                Accepting::Open => {}
+                Accepting::Open => {
+                    if let Some(paused) = self.predecessor_paused.as_ref() {
+                        if !paused.is_cancelled() {
+                            // Both generations hold the socket: read only once the previous
+                            // one has stopped, which it says right after it heard this one's
+                            // `ready` (or by exiting). A change of the gate meanwhile is seen.
+                            tokio::select! {
+                                () = paused.cancelled() => {}
+                                changed = gate.changed() => {
+                                    if changed.is_err() {
+                                        return Ok(self.stop());
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                }
                 Accepting::Closed => return Ok(self.stop()),
                 Accepting::Paused => {
                     if gate.changed().await.is_err() {

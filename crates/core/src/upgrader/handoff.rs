@@ -61,6 +61,11 @@ impl HandOffs {
         }
     }
 
+    /// Whether the parent opened a hand-off channel (it is of a build that has one).
+    pub(crate) fn has_parent(&self) -> bool {
+        lock(&self.parent).is_some()
+    }
+
     /// The `takes …` message for the parent, if there is a channel and anything to take.
     pub(crate) fn announcement(&self) -> Option<Message> {
         let takes = lock(&self.takes);
