@@ -74,6 +74,7 @@ mod drain;
 mod env;
 mod error;
 mod event;
+mod fdstore;
 mod handover;
 pub mod harness;
 mod lineage;

@@ -593,6 +593,34 @@ pub(crate) fn send_datagram(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Sends one datagram on a connected socket with `fds` attached (`SCM_RIGHTS`), without
+/// blocking and without SIGPIPE.
+pub(crate) fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let iov = [io::IoSlice::new(buf)];
+    let cmsgs = [socket::ControlMessage::ScmRights(&raw)];
+    let flags = socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_NOSIGNAL;
+    loop {
+        match socket::sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsgs, flags, None) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// (device, inode) of the object behind a descriptor: the same for every duplicate of it, in
+/// any process.
+pub(crate) fn identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let stat = cvt(fstat(fd))?;
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    Ok((stat.st_dev as u64, stat.st_ino as u64))
+}
+
 /// A pipe whose both ends are close-on-exec from the start.
 pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     cvt(nix::unistd::pipe2(OFlag::O_CLOEXEC))
