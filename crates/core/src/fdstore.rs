@@ -149,7 +149,10 @@ impl FdStore {
         let Some(offered) = &self.offered else {
             return;
         };
-        let deferred = self.state().deferred.take().unwrap_or_default();
+        // Sent under the lock, as everything is: a message from another thread waits, so the
+        // manager hears them in the order they were made. The sends never block.
+        let mut state = self.state();
+        let deferred = state.deferred.take().unwrap_or_default();
         if !deferred.is_empty() {
             tracing::debug!(
                 count = deferred.len(),
@@ -211,7 +214,6 @@ impl FdStore {
             }
             return;
         }
-        drop(state);
         offered.store(&encoded, fd);
     }
 
@@ -230,7 +232,6 @@ impl FdStore {
             deferred.push(Op::Remove(encoded));
             return;
         }
-        drop(state);
         offered.remove(&encoded);
     }
 
