@@ -25,6 +25,7 @@ pub(crate) struct Config {
     control_socket: Option<String>,
     upgrade_timeout: Duration,
     probation: Option<Duration>,
+    fd_store_max: Option<usize>,
 }
 
 impl Config {
@@ -36,6 +37,9 @@ impl Config {
         }
         if let Some(pid_file) = &self.pid_file {
             builder = builder.pid_file(pid_file);
+        }
+        if let Some(max) = self.fd_store_max {
+            builder = builder.fd_store_max(max);
         }
         if let Some(control_socket) = &self.control_socket {
             builder = builder.control_socket(control_socket);
@@ -75,7 +79,7 @@ where
     let usage = format!(
         "usage: {name} [--addr {default_addr} | --fd-name NAME] [--pid-file PATH] \
          [--control-socket PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] \
-         [--probation 5s]\n       \
+         [--probation 5s] [--fd-store-max N]\n       \
          {name} upgrade --control-socket PATH [--timeout 90s]\n       \
          {name} rollback --control-socket PATH [--timeout 90s]"
     );
@@ -112,6 +116,7 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
             "upgrade-timeout",
             "drain-timeout",
             "probation",
+            "fd-store-max",
         ],
     )?;
     if flags.text("addr").is_some() && flags.text("fd-name").is_some() {
@@ -127,6 +132,10 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
         probation: flags
             .text("probation")
             .map(|_| flags.duration("probation", Duration::ZERO))
+            .transpose()?,
+        fd_store_max: flags
+            .text("fd-store-max")
+            .map(|_| flags.value("fd-store-max", 0))
             .transpose()?,
     })
 }
