@@ -33,6 +33,9 @@
 //! - A generation started by an upgrade is the main process only once its parent has told the
 //!   manager so (`MAINPID=`); until its parent has exited, what it would send is held back, so
 //!   that `NotifyAccess=main` does not drop it.
+//! - Messages leave in the order they were made (one lock, held while sending), so a removal
+//!   never overtakes the store it undoes; sends never block (`MSG_DONTWAIT`), so the lock is
+//!   brief, and the parent watcher thread may send the held-back ones.
 //! - Sending is best effort, like `notify.rs`: errors, and a store that would be over its size,
 //!   are logged, never returned. Serving never depends on the store.
 
