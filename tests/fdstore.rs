@@ -84,39 +84,52 @@ async fn restarts_and_crashes_under_systemd_refuse_no_connection() {
     );
 
     // A crash: SIGKILL, and Restart=on-failure starts a new process. What the killed process
-    // had accepted dies with it (at most one exchange per client is in flight, each reset or
-    // cut); nothing is refused, and what arrives meanwhile waits in the stored queue.
-    let (crash, third) = through(addr, async {
-        manager
-            .systemctl(&["kill", "--signal=KILL", "--kill-who=main", UNIT])
-            .await
-            .expect("the kill is sent");
-        manager.wait_restarted(second).await
-    })
-    .await;
-    eprintln!(
-        "{}",
-        crash.summary("SIGKILL to the main process", &manager.version)
-    );
-    let lost_in_flight = crash.report.failures_of(Failure::Reset)
-        + crash.report.failures_of(Failure::Empty)
-        + crash.report.failures_of(Failure::Torn);
-    assert!(
-        crash.report.failures_of(Failure::Refused) == 0
-            && crash.report.failures() == lost_in_flight
-            && lost_in_flight <= crash.report.clients() as u64,
-        "failures: {}; samples: {:?}\n{}",
-        crash.report.failures_by_kind(),
-        crash.report.failure_samples().collect::<Vec<_>>(),
-        manager.journal().await
-    );
+    // had accepted dies with it; nothing is refused, and what arrives meanwhile waits in the
+    // stored queue.
+    let (crash, third) = manager.crash(addr, second).await;
     assert_eq!(manager.property("NRestarts").await, "1");
     assert_eq!(
         manager.property("NFileDescriptorStore").await,
         "1",
         "the crash kept the socket in the store"
     );
-    for (phase, pid) in [(&restart, first), (&restart, second), (&crash, third)] {
+
+    // An upgrade (`systemctl reload`), then a crash of the new generation, which is the main
+    // process now but not systemd's own child: the store still brings the socket back.
+    let (reload, fourth) = through(addr, async {
+        manager
+            .systemctl(&["reload", UNIT])
+            .await
+            .expect("the reload succeeds");
+        manager.main_pid().await
+    })
+    .await;
+    assert_ne!(fourth, third, "the upgrade made a new main process");
+    eprintln!(
+        "{}",
+        reload.summary("systemctl --user reload", &manager.version)
+    );
+    assert_eq!(
+        reload.report.failures(),
+        0,
+        "failures: {}; samples: {:?}",
+        reload.report.failures_by_kind(),
+        reload.report.failure_samples().collect::<Vec<_>>(),
+    );
+    // The replaced generation, on probation and then draining, would take the service back if
+    // its successor died now: wait until it has gone.
+    manager.wait_alone().await;
+    let (upgraded_crash, fifth) = manager.crash(addr, fourth).await;
+    assert_eq!(manager.property("NRestarts").await, "2");
+    assert_eq!(manager.property("NFileDescriptorStore").await, "1");
+
+    for (phase, pid) in [
+        (&restart, first),
+        (&restart, second),
+        (&crash, third),
+        (&reload, fourth),
+        (&upgraded_crash, fifth),
+    ] {
         assert!(
             phase.report.pids().contains(&pid),
             "pid {pid} answered nobody"
@@ -428,6 +441,60 @@ impl UserManager {
             .ok()
             .filter(|&pid| pid != 0)
             .unwrap_or_else(|| panic!("MainPID={pid:?}"))
+    }
+
+    /// SIGKILL to the main process `old`, under load, until the process `Restart=` starts
+    /// answers. At most one exchange per client is in flight in the killed process, each reset
+    /// or cut; no other failure is allowed.
+    async fn crash(&self, addr: SocketAddr, old: u32) -> (Phase, u32) {
+        let (crash, new) = through(addr, async {
+            self.systemctl(&["kill", "--signal=KILL", "--kill-who=main", UNIT])
+                .await
+                .expect("the kill is sent");
+            self.wait_restarted(old).await
+        })
+        .await;
+        eprintln!(
+            "{}",
+            crash.summary(&format!("SIGKILL to main process {old}"), &self.version)
+        );
+        let report = &crash.report;
+        let lost_in_flight = report.failures_of(Failure::Reset)
+            + report.failures_of(Failure::Empty)
+            + report.failures_of(Failure::Torn);
+        assert!(
+            report.failures_of(Failure::Refused) == 0
+                && report.failures() == lost_in_flight
+                && lost_in_flight <= report.clients() as u64,
+            "failures: {}; samples: {:?}\n{}",
+            report.failures_by_kind(),
+            report.failure_samples().collect::<Vec<_>>(),
+            self.journal().await
+        );
+        (crash, new)
+    }
+
+    /// Waits until the unit's cgroup holds one process: generations replaced by an upgrade
+    /// have exited.
+    async fn wait_alone(&self) {
+        let procs = self
+            .cgroup
+            .join("app.slice")
+            .join(UNIT)
+            .join("cgroup.procs");
+        let deadline = Instant::now() + STEP;
+        loop {
+            let listed = std::fs::read_to_string(&procs).unwrap_or_default();
+            if listed.lines().count() == 1 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still lists {listed:?} after {STEP:?}",
+                procs.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until the unit is active again with a main process other than `old`.
