@@ -91,7 +91,8 @@ impl FdStore {
         var: impl Fn(&str) -> Option<OsString>,
         configured: Option<usize>,
     ) -> FdStore {
-        let offered = match (offered_max(&var), configured) {
+        let announced = offered_max(&var);
+        let offered = match (announced, configured) {
             (_, Some(0)) => None,
             (Some(max), _) => Some((max, "FDSTORE")),
             (None, Some(max)) => Some((max, "fd_store_max")),
@@ -110,7 +111,7 @@ impl FdStore {
             );
             return FdStore::default();
         }
-        if let (Some(configured), Some(found)) = (configured, offered_max(&var)) {
+        if let (Some(configured), Some(found)) = (configured, announced) {
             if configured != found {
                 tracing::debug!(
                     configured,
