@@ -37,6 +37,7 @@ pub(crate) struct Config {
     /// The values of the binary's own options, by name.
     #[allow(dead_code)] // http-server has none
     extra: HashMap<String, String>,
+    fd_store_max: Option<usize>,
 }
 
 impl Config {
@@ -53,6 +54,9 @@ impl Config {
         }
         if let Some(pid_file) = &self.pid_file {
             builder = builder.pid_file(pid_file);
+        }
+        if let Some(max) = self.fd_store_max {
+            builder = builder.fd_store_max(max);
         }
         if let Some(control_socket) = &self.control_socket {
             builder = builder.control_socket(control_socket);
@@ -105,7 +109,7 @@ where
     let usage = format!(
         "usage: {name} [--addr {default_addr} | --fd-name NAME] [--pid-file PATH] \
          [--control-socket PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] \
-         [--probation 5s] [--handoff on|off]{extra_usage}\n       \
+         [--probation 5s] [--handoff on|off] [--fd-store-max N]{extra_usage}\n       \
          {name} upgrade --control-socket PATH [--timeout 90s]\n       \
          {name} rollback --control-socket PATH [--timeout 90s]\n       \
          {name} status --control-socket PATH [--timeout 90s]"
@@ -148,6 +152,7 @@ fn config(
         "drain-timeout",
         "probation",
         "handoff",
+        "fd-store-max",
     ];
     known.extend_from_slice(extra);
     let flags = Flags::parse_from(args, &known)?;
@@ -174,6 +179,10 @@ fn config(
             .iter()
             .filter_map(|&option| Some((option.to_owned(), flags.text(option)?)))
             .collect(),
+        fd_store_max: flags
+            .text("fd-store-max")
+            .map(|_| flags.value("fd-store-max", 0))
+            .transpose()?,
     })
 }
 

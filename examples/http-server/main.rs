@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! http-server [--addr 127.0.0.1:8080 | --fd-name NAME] [--pid-file PATH] [--control-socket PATH]
-//!             [--upgrade-timeout 60s] [--drain-timeout 30s]
+//!             [--upgrade-timeout 60s] [--drain-timeout 30s] [--fd-store-max N]
 //! http-server upgrade --control-socket PATH [--timeout 90s]
 //! ```
 //!
@@ -21,7 +21,10 @@
 //! `http-server status --control-socket PATH` prints `serving pid=… generation=… version=…
 //! build=…`. Under systemd, a socket passed by socket activation is adopted: the
 //! one bound to `--addr`, or the one named `--fd-name` (the socket unit's
-//! `FileDescriptorName=`); see `examples/systemd/`.
+//! `FileDescriptorName=`); see `examples/systemd/`. With `--fd-store-max N` (the unit's
+//! `FileDescriptorStoreMax=`, for systemd before 254, which does not set `$FDSTORE`), the
+//! listener is kept in systemd's file descriptor store, so that a restart or a crash keeps its
+//! queue (`examples/systemd/http-server-fdstore.service`).
 
 #[path = "../common/args.rs"]
 mod args;

@@ -12,11 +12,13 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::env;
 use crate::error::{Error, Result};
+use crate::fdstore::FdStore;
 use crate::identity::{self, BuildIdentity};
 use crate::name::FdName;
 use crate::registry::Registry;
@@ -56,6 +58,7 @@ pub struct Builder {
     probation: Duration,
     version: Option<String>,
     build_id: Option<String>,
+    fd_store_max: Option<usize>,
 }
 
 impl Default for Builder {
@@ -69,6 +72,7 @@ impl Default for Builder {
             probation: Duration::ZERO,
             version: None,
             build_id: None,
+            fd_store_max: None,
         }
     }
 }
@@ -139,6 +143,26 @@ impl Builder {
     /// At most 100 bytes once escaped, as the version.
     pub fn build_id(mut self, id: impl Into<String>) -> Self {
         self.build_id = Some(id.into());
+        self
+    }
+
+    /// Keep the listening sockets this process binds in systemd's file descriptor store, for a
+    /// unit with `FileDescriptorStoreMax=max`: a restart (`systemctl restart`, or `Restart=`
+    /// after a crash) then keeps each socket and its queue, and the next process adopts it.
+    ///
+    /// systemd 254 and newer tell the service itself (`$FDSTORE`), and graceful uses the store
+    /// whenever it is offered, without this setting; where `$FDSTORE` is set, its value wins.
+    /// Older systemd (Debian 12 ships 252) does not tell: set this to the unit's
+    /// `FileDescriptorStoreMax=`. `fd_store_max(0)` turns the store off even where `$FDSTORE`
+    /// offers one. Nothing is stored without `NOTIFY_SOCKET`. Default: what `$FDSTORE` says.
+    ///
+    /// Stored: TCP listeners, Unix listeners in the abstract namespace and UDP sockets that
+    /// this process binds itself (inherited ones are stored already). Not stored: Unix
+    /// listeners on a path (a restart may remove their socket file) and
+    /// [`Upgrader::file`] descriptors. Errors, and more sockets than `max`, are logged, never
+    /// fatal. See the README's "Running under systemd".
+    pub fn fd_store_max(mut self, max: usize) -> Self {
+        self.fd_store_max = Some(max);
         self
     }
 
@@ -243,7 +267,18 @@ impl Builder {
             .transpose()
             .map_err(|e| Error::io("reading the parent's pid from the link", e))?;
 
+        let store = Arc::new(FdStore::from_env(
+            |key| std::env::var_os(key),
+            self.fd_store_max,
+        ));
+        // A generation started by an upgrade becomes the main process when its parent tells
+        // the service manager; until its parent has gone, the manager may not be listening.
+        let started_by_upgrade = link.is_some();
+        if started_by_upgrade {
+            store.defer_until_main_process();
+        }
         let mut registry = Registry::new(fds);
+        registry.use_store(store.clone());
         let report = claim_report_channel(&mut registry);
         let upgrader = Upgrader::from_parts(
             Parts {
@@ -269,6 +304,11 @@ impl Builder {
             },
             parent_reader,
         )?;
+        if started_by_upgrade {
+            upgrader
+                .parent_exited()
+                .on_set(move || store.main_process());
+        }
         if parent_pid.is_some() {
             tracing::info!(
                 pid,

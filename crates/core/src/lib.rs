@@ -58,6 +58,12 @@
 //! `graceful:` with the reason, so that it is never lost; with one, it goes to the subscriber
 //! alone. Under a service manager, the reason is also sent as `STATUS=`.
 //!
+//! # Restarts and crashes under systemd
+//!
+//! Under a unit with `FileDescriptorStoreMax=`, the sockets a process binds are kept in systemd's
+//! file descriptor store too, so a `systemctl restart` or a crash restarted by `Restart=` keeps
+//! them and their queues: see [`Builder::fd_store_max`] and [`Upgrader::close_for_good`].
+//!
 //! # Playing the previous generation
 //!
 //! A test harness or a supervisor can start a server the way an upgrade would, with sockets it
@@ -74,6 +80,7 @@ mod drain;
 mod env;
 mod error;
 mod event;
+mod fdstore;
 pub mod handoff;
 mod handover;
 pub mod harness;

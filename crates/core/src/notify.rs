@@ -74,6 +74,12 @@ impl Notifier {
         self.target.is_some()
     }
 
+    /// The manager's socket address, and the value of `NOTIFY_SOCKET` it was read from; for
+    /// `fdstore.rs`, which sends descriptors along.
+    pub(crate) fn target(&self) -> Option<&(SocketAddr, String)> {
+        self.target.as_ref()
+    }
+
     /// Sends one message; logs, never returns, a failure.
     pub(crate) fn send(&self, message: &str) {
         let Some((addr, shown)) = &self.target else {

@@ -13,15 +13,20 @@
 //!   another duplicate, so dropping a listener in the application never closes the socket that
 //!   the next generation is about to inherit.
 //! - Inherited descriptors nobody asked for are closed when this process becomes ready.
+//! - Under a service manager that offers a file descriptor store, a descriptor this process
+//!   creates is stored there, one it closes for good or leaves unclaimed is removed
+//!   (`fdstore.rs` says which kinds and when).
 //! - Registering N descriptors costs O(N): inherited entries are indexed once, by their
 //!   encoded name and, for a request on port 0, by protocol and IP; the registered names are
 //!   a set. A server handing over thousands of listeners upgrades in linear time.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::fdstore::FdStore;
 use crate::name::{FdName, Listening};
 use crate::sys::{self, FdKind, Local, SockType};
 
@@ -38,6 +43,8 @@ pub(crate) struct Registry {
     handover: Vec<(FdName, OwnedFd)>,
     /// The names in `handover`.
     registered: HashSet<FdName>,
+    /// The service manager's store of our sockets; inert unless one is offered.
+    store: Arc<FdStore>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,6 +85,11 @@ impl Registry {
         registry
     }
 
+    /// Keeps what this process creates in the service manager's `store` from now on.
+    pub(crate) fn use_store(&mut self, store: Arc<FdStore>) {
+        self.store = store;
+    }
+
     fn index_ip(&mut self, protocol: Protocol, addr: &SocketAddr, index: usize) {
         self.by_ip
             .entry((protocol, addr.ip()))
@@ -104,7 +116,34 @@ impl Registry {
                 (registered_name(want, &fd)?, fd, Origin::Created)
             }
         };
-        self.register(name, fd).map(|fd| (fd, origin))
+        let fd = self.register(name.clone(), fd)?;
+        match origin {
+            Origin::Inherited => self.store.inherited(&name),
+            Origin::Created => self.store.store(&name, fd.as_fd()),
+        }
+        Ok((fd, origin))
+    }
+
+    /// Stops handing over the registered descriptor that `fd` is a duplicate of, closes this
+    /// registry's copy and removes it from the service manager's store; returns its name, or
+    /// `None` if `fd` is not registered.
+    pub(crate) fn remove(&mut self, fd: BorrowedFd<'_>) -> std::io::Result<Option<FdName>> {
+        let wanted = sys::identity(fd)?;
+        let mut found = None;
+        for (index, (_, mine)) in self.handover.iter().enumerate() {
+            if sys::identity(mine.as_fd())? == wanted {
+                found = Some(index);
+                break;
+            }
+        }
+        let Some(index) = found else {
+            return Ok(None);
+        };
+        let (name, mine) = self.handover.remove(index);
+        drop(mine);
+        self.registered.remove(&name);
+        self.store.remove(&name);
+        Ok(Some(name))
     }
 
     /// Returns the inherited descriptor passed under `want`'s name, checked; there is nothing
@@ -244,14 +283,22 @@ impl Registry {
         None
     }
 
-    /// Closes the inherited descriptors that were never asked for; returns their names.
+    /// Closes the inherited descriptors that were never asked for, and removes those of ours
+    /// from the service manager's store; returns their names.
     pub(crate) fn close_unclaimed(&mut self) -> Vec<(String, RawFd)> {
         self.by_name.clear();
         self.by_ip.clear();
         self.foreign.clear();
+        let store = &self.store;
         self.inherited
             .drain(..)
-            .filter_map(|i| i.fd.map(|fd| (i.name, fd.as_raw_fd())))
+            .filter_map(|i| {
+                let fd = i.fd?;
+                if let Some(name) = &i.decoded {
+                    store.remove(name);
+                }
+                Some((i.name, fd.as_raw_fd()))
+            })
             .collect()
     }
 

@@ -3,7 +3,7 @@
 //! handover. `registry.rs` keeps the rules for what may be adopted.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
@@ -140,6 +140,41 @@ impl Upgrader {
         open: impl FnOnce() -> std::io::Result<OwnedFd>,
     ) -> Result<OwnedFd> {
         self.inherit_or_create(FdName::File(name.to_owned()), open)
+    }
+
+    /// Closes `socket` for good: the next generation will not inherit it, and the service
+    /// manager's file descriptor store (see [`Builder::fd_store_max`](crate::Builder::fd_store_max))
+    /// drops its copy (`FDSTOREREMOVE=1`), so that its address refuses connections from now
+    /// on instead of queueing them for nobody. Returns whether `socket` was one of this
+    /// upgrader's (any duplicate of a socket it handed out counts); `socket` is closed either
+    /// way.
+    ///
+    /// Only for a listener the application ends for good while it keeps running. At an
+    /// upgrade or a stop, simply drop the listener: the successor needs it, and a restart
+    /// should find it in the store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if `socket` cannot be inspected (`fstat`).
+    pub fn close_for_good(&self, socket: impl Into<OwnedFd>) -> Result<bool> {
+        let socket = socket.into();
+        let removed = self
+            .inner()
+            .registry()
+            .remove(socket.as_fd())
+            .map_err(|e| Error::io("inspecting the socket to close", e))?;
+        match &removed {
+            Some(name) => tracing::info!(
+                pid = self.pid(),
+                "closed {name} for good; it is no longer handed over"
+            ),
+            None => tracing::debug!(
+                pid = self.pid(),
+                fd = socket.as_raw_fd(),
+                "close_for_good: not a descriptor of the upgrader; closed it alone"
+            ),
+        }
+        Ok(removed.is_some())
     }
 
     fn inherit_or_create(

@@ -593,6 +593,14 @@ pub(crate) fn send_datagram(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<()> {
     }
 }
 
+/// (device, inode) of the object behind a descriptor: the same for every duplicate of it, in
+/// any process.
+pub(crate) fn identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let stat = cvt(fstat(fd))?;
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    Ok((stat.st_dev as u64, stat.st_ino as u64))
+}
+
 /// A pipe whose both ends are close-on-exec from the start.
 pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     cvt(nix::unistd::pipe2(OFlag::O_CLOEXEC))
@@ -667,9 +675,10 @@ pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout: std::time::Duration) ->
 /// The most descriptors one message may carry (the kernel's SCM_MAX_FD).
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
-/// Sends part of `buf` on a stream socket without waiting, with `fds` attached to its first
-/// byte (SCM_RIGHTS); returns how many bytes went. A peer that has gone is an error, never
-/// SIGPIPE; a full socket is `WouldBlock`.
+/// Sends `buf` (on a stream socket, as much of it as fits) without waiting, with `fds`
+/// attached to its first byte (SCM_RIGHTS); returns how many bytes went. On a datagram socket,
+/// it is one datagram. A peer that has gone is an error, never SIGPIPE; a full socket is
+/// `WouldBlock`.
 pub(crate) fn send_with_fds(
     socket: BorrowedFd<'_>,
     buf: &[u8],

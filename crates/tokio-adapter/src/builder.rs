@@ -131,6 +131,15 @@ impl Builder {
         self
     }
 
+    /// Keep the listeners this process binds in systemd's file descriptor store, for a unit
+    /// with `FileDescriptorStoreMax=max`, under systemd older than 254 (newer ones say so
+    /// themselves through `$FDSTORE`, and the store is used without this setting). See
+    /// [`graceful_core::Builder::fd_store_max`].
+    pub fn fd_store_max(mut self, max: usize) -> Self {
+        self.core = self.core.fd_store_max(max);
+        self
+    }
+
     /// See [`graceful_core::Builder::listen_backlog`].
     pub fn listen_backlog(mut self, backlog: u32) -> Self {
         self.core = self.core.listen_backlog(backlog);
