@@ -252,6 +252,51 @@ impl<'a> OutFrame<'a> {
         ))
     }
 
+    /// Several frames as one, in order, their descriptors all attached to the first byte: one
+    /// system call sends them, and the reader takes them apart as if they had come one by one.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` when they carry more than one message can ([`MAX_STATE_FDS`]
+    /// descriptors).
+    pub fn batch(frames: Vec<OutFrame<'a>>) -> io::Result<OutFrame<'a>> {
+        let fds: usize = frames.iter().map(|f| f.fds.len()).sum();
+        if fds > sys::MAX_FDS_PER_MESSAGE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{fds} descriptors in one batch; one message carries at most {}",
+                    sys::MAX_FDS_PER_MESSAGE
+                ),
+            ));
+        }
+        let mut batch = OutFrame {
+            bytes: Vec::with_capacity(frames.iter().map(OutFrame::len).sum()),
+            sent: 0,
+            fds: Vec::with_capacity(fds),
+        };
+        for frame in frames {
+            batch.bytes.extend_from_slice(&frame.bytes);
+            batch.fds.extend(frame.fds);
+        }
+        Ok(batch)
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether it has no bytes (never: a frame has a header).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// How many of its bytes have gone out.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
     /// Whether any of it has gone out. From then on it must be finished: the channel carries
     /// nothing else until it is.
     pub fn started(&self) -> bool {
@@ -318,7 +363,11 @@ pub fn check_tag(tag: &str) -> io::Result<()> {
 /// Reads frames from one end of the channel.
 #[derive(Debug, Default)]
 pub struct FrameReader {
+    /// Bytes received and not yet parsed are `buf[start..]`.
     buf: Vec<u8>,
+    start: usize,
+    /// Where each receive lands, kept between receives.
+    chunk: Vec<u8>,
     fds: VecDeque<OwnedFd>,
     /// The kernel dropped descriptors since the last frame that found all of its own.
     lost_fds: bool,
@@ -345,12 +394,12 @@ impl FrameReader {
                 return Ok(Some(frame));
             }
             if self.eof {
-                return if self.buf.is_empty() {
+                let left = self.buf.len() - self.start;
+                return if left == 0 {
                     Ok(None)
                 } else {
                     Err(invalid(format!(
-                        "the hand-off channel ended in the middle of a frame ({} bytes of it)",
-                        self.buf.len()
+                        "the hand-off channel ended in the middle of a frame ({left} bytes of it)"
                     )))
                 };
             }
@@ -382,41 +431,50 @@ impl FrameReader {
     }
 
     fn fill(&mut self, socket: BorrowedFd<'_>) -> io::Result<()> {
-        let mut chunk = vec![0u8; 64 << 10];
+        if self.chunk.is_empty() {
+            self.chunk = vec![0u8; 64 << 10];
+        }
         let mut fds = Vec::new();
-        let (n, dropped) = sys::recv_with_fds(socket, &mut chunk, &mut fds)?;
+        let (n, dropped) = sys::recv_with_fds(socket, &mut self.chunk, &mut fds)?;
         self.fds.extend(fds);
         self.lost_fds |= dropped;
         if n == 0 {
             self.eof = true;
         }
-        self.buf.extend_from_slice(&chunk[..n]);
+        // Parsed bytes go before new ones come: the buffer holds one frame's worth at most.
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(&self.chunk[..n]);
         Ok(())
     }
 
     fn parse(&mut self) -> io::Result<Option<Frame>> {
-        if self.buf.len() < HEADER {
+        let buf = &self.buf[self.start..];
+        if buf.len() < HEADER {
             return Ok(None);
         }
-        let kind = self.buf[0];
-        let nfds = usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]]));
-        let len = u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]) as usize;
+        let kind = buf[0];
+        let nfds = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+        let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
         let (max_len, max_fds) = match kind {
             STATE_REQUEST | NO_STATE => (0, 0),
             STATE => (4 + MAX_STATE_BYTES, MAX_STATE_FDS),
             CONNECTION => (1 + MAX_TAG + MAX_RECORD, 1),
             other => return Err(invalid(format!("unknown hand-off frame kind {other}"))),
         };
-        if self.buf[1] != 0 || len > max_len || nfds > max_fds {
+        if buf[1] != 0 || len > max_len || nfds > max_fds {
             return Err(invalid(format!(
                 "a hand-off frame of kind {kind} with {len} bytes and {nfds} descriptors is \
                  over its bounds ({max_len} bytes, {max_fds} descriptors)"
             )));
         }
-        if self.buf.len() < HEADER + len {
+        if buf.len() < HEADER + len {
             return Ok(None);
         }
-        let payload: Vec<u8> = self.buf.drain(..HEADER + len).skip(HEADER).collect();
+        let payload = buf[HEADER..HEADER + len].to_vec();
+        self.start += HEADER + len;
         let lost = self.fds.len() < nfds;
         if lost && !self.lost_fds {
             return Err(invalid(format!(
@@ -539,6 +597,40 @@ mod tests {
             Some(Frame::NoState)
         ));
         assert!(reader.next_until(b, soon()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_batch_is_taken_apart_frame_by_frame() {
+        let (a, b) = channel().unwrap();
+        let pairs: Vec<_> = (0..100).map(|_| sys::socketpair().unwrap()).collect();
+        let frames = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (x, _))| OutFrame::connection("echo", i.to_string().as_bytes(), x.as_fd()))
+            .collect::<io::Result<Vec<_>>>()
+            .unwrap();
+        let mut batch = OutFrame::batch(frames).unwrap();
+        batch.send_until(a.as_fd(), soon()).unwrap();
+        assert_eq!(batch.sent(), batch.len());
+        drop(a);
+        let mut reader = FrameReader::new();
+        for (i, (_, peer)) in pairs.iter().enumerate() {
+            match reader.next_until(b.as_fd(), soon()).unwrap() {
+                Some(Frame::Connection { record, fd, .. }) => {
+                    assert_eq!(record, i.to_string().as_bytes());
+                    // The i-th descriptor goes with the i-th frame.
+                    sys::send_all(fd.as_fd(), b"x").unwrap();
+                    let mut got = [0u8; 1];
+                    assert_eq!(sys::read(peer.as_fd(), &mut got).unwrap(), 1);
+                }
+                other => panic!("expected connection {i}, got {other:?}"),
+            }
+        }
+        assert!(reader.next_until(b.as_fd(), soon()).unwrap().is_none());
+        let too_many: Vec<_> = (0..=sys::MAX_FDS_PER_MESSAGE)
+            .map(|_| OutFrame::connection("echo", b"", pairs[0].0.as_fd()).unwrap())
+            .collect();
+        assert!(OutFrame::batch(too_many).is_err());
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //!   [`MAX_RECORD`](graceful_core::handoff::MAX_RECORD), the successor not reading within
 //!   [`HAND_OFF_TIMEOUT`]), [`hand_off`](Graceful::hand_off) gives the connection back
 //!   untouched, and the application closes it as it would without hand-off.
-//! - Frames never interleave: one hand-off writes at a time, and one that has started is
-//!   finished.
+//! - Frames never interleave: one writer task per successor sends them, in batches of up to
+//!   253 connections per system call, and finishes what it has begun.
 //! - Once sent, a connection is the successor's: this generation's copy is dropped, which does
 //!   not close it (the successor's copy keeps it open). If the successor dies before taking
 //!   it, the kernel closes it, and its client sees the connection end at a boundary, as
@@ -42,7 +42,7 @@ use graceful_core::{Error, Result, SavedState};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::handle::Graceful;
@@ -146,14 +146,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The channel to a successor: connections queue for its writer task, which sends them in
+/// batches.
 struct Outgoing {
     pid: u32,
-    socket: AsyncFd<OwnedFd>,
     tags: Vec<String>,
-    /// Held while a frame is written: frames never interleave.
-    writing: tokio::sync::Mutex<()>,
-    /// A frame was left half written: nothing more can go on this channel.
-    broken: std::sync::atomic::AtomicBool,
+    jobs: mpsc::UnboundedSender<Job>,
+    _writer: AbortOnDropHandle<()>,
+}
+
+/// One connection on its way out: a duplicate of its descriptor (the caller keeps its own until
+/// the answer), and where the answer goes.
+struct Job {
+    fd: OwnedFd,
+    tag: String,
+    record: Vec<u8>,
+    queued: tokio::time::Instant,
+    answer: oneshot::Sender<std::result::Result<(), String>>,
 }
 
 impl HandOffs {
@@ -284,10 +293,10 @@ impl Graceful {
     /// build, or this process is stopping), the record is too long, or the successor did not
     /// make room within [`HAND_OFF_TIMEOUT`]. Close it then as without hand-off.
     ///
-    /// Waits at most [`HAND_OFF_TIMEOUT`] for room before it starts writing, and then until
-    /// the frame is written. Dropping the future before it starts writing gives nothing away;
-    /// dropping it while it writes leaves half a frame on the channel, which ends hand-off to
-    /// that successor (later calls give their connections back).
+    /// Connections are sent in batches by a task of their own, one system call for up to 253.
+    /// One that waits more than [`HAND_OFF_TIMEOUT`] for room on the channel is given back.
+    /// Dropping the future does not take a connection back that is already queued: it may be
+    /// handed over all the same (this process's copy is closed either way).
     ///
     /// # Errors
     ///
@@ -299,6 +308,10 @@ impl Graceful {
         record: &[u8],
     ) -> std::result::Result<(), NotHandedOff<S>> {
         let give_back = |stream, reason: String| Err(NotHandedOff { stream, reason });
+        // Checked here, so that what the writer sends is known to fit.
+        if let Err(err) = OutFrame::connection(tag, record, stream.as_fd()) {
+            return give_back(stream, err.to_string());
+        }
         let outgoing = match self.outgoing() {
             Ok(outgoing) => outgoing,
             Err(reason) => return give_back(stream, reason),
@@ -310,7 +323,24 @@ impl Graceful {
             );
             return give_back(stream, reason);
         }
-        let sent = send(&outgoing, stream.as_fd(), tag, record).await;
+        let fd = match stream.as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(err) => return give_back(stream, format!("cannot duplicate it: {err}")),
+        };
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            fd,
+            tag: tag.to_owned(),
+            record: record.to_vec(),
+            queued: tokio::time::Instant::now(),
+            answer,
+        };
+        if outgoing.jobs.send(job).is_err() {
+            return give_back(stream, "the hand-off writer has ended".into());
+        }
+        let sent = answered
+            .await
+            .unwrap_or_else(|_| Err("the hand-off writer has ended".into()));
         match sent {
             Ok(()) => {
                 self.inner
@@ -344,12 +374,13 @@ impl Graceful {
             .ok_or("no successor takes connections")?;
         let socket = watch(socket, Interest::READABLE | Interest::WRITABLE)
             .map_err(|err| format!("cannot watch the hand-off channel: {err}"))?;
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write(socket, queue, pid));
         let current = Arc::new(Outgoing {
             pid,
-            socket,
             tags,
-            writing: tokio::sync::Mutex::new(()),
-            broken: std::sync::atomic::AtomicBool::new(false),
+            jobs,
+            _writer: AbortOnDropHandle::new(writer),
         });
         *outgoing = Some(current.clone());
         Ok(current)
@@ -363,73 +394,84 @@ fn watch(socket: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register_with_interest(socket, interest) }.map_err(io::Error::from)
 }
 
-/// Writes one connection's frame; the reason when it did not go.
-async fn send(
-    outgoing: &Outgoing,
-    fd: std::os::fd::BorrowedFd<'_>,
-    tag: &str,
-    record: &[u8],
-) -> std::result::Result<(), String> {
-    let mut frame = OutFrame::connection(tag, record, fd).map_err(|err| err.to_string())?;
-    let _writing = outgoing.writing.lock().await;
-    if outgoing.broken.load(Ordering::SeqCst) {
-        return Err(format!(
-            "the channel to the successor (pid {}) failed earlier",
-            outgoing.pid
-        ));
-    }
-    // Marks the channel broken if this future is dropped, or fails, in the middle of a frame.
-    let mut unfinished = Unfinished {
-        broken: &outgoing.broken,
-        armed: true,
-    };
-    let sent = write_frame(outgoing, &mut frame).await;
-    unfinished.armed = frame.started() && sent.is_err();
-    sent
-}
+/// The most connections sent with one system call (the descriptors one message can carry).
+const BATCH: usize = graceful_core::handoff::MAX_STATE_FDS;
 
-/// Sets `broken` when dropped armed.
-struct Unfinished<'a> {
-    broken: &'a std::sync::atomic::AtomicBool,
-    armed: bool,
-}
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.broken.store(true, Ordering::SeqCst);
+/// The writer task of a channel to a successor: sends the queued connections in batches, and
+/// answers each job.
+///
+/// A batch waits for room on the channel until its oldest job has waited [`HAND_OFF_TIMEOUT`],
+/// and is then given back whole. Once a batch has begun to go out, its descriptors are all in
+/// the kernel's hands: if the channel fails before the batch is finished, the frames that went
+/// out whole are the successor's (or are lost with it), the others are given back, and the
+/// channel carries nothing more (the successor cannot read past half a frame).
+async fn write(socket: AsyncFd<OwnedFd>, mut queue: mpsc::UnboundedReceiver<Job>, pid: u32) {
+    let mut jobs = Vec::with_capacity(BATCH);
+    let mut broken: Option<String> = None;
+    while queue.recv_many(&mut jobs, BATCH).await > 0 {
+        if let Some(reason) = &broken {
+            for job in jobs.drain(..) {
+                let _ = job.answer.send(Err(reason.clone()));
+            }
+            continue;
+        }
+        let mut ends = Vec::with_capacity(jobs.len());
+        let mut frames = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            // Checked by `hand_off` already.
+            let frame = OutFrame::connection(&job.tag, &job.record, job.fd.as_fd())
+                .expect("a frame checked before it was queued");
+            ends.push(ends.last().copied().unwrap_or(0) + frame.len());
+            frames.push(frame);
+        }
+        let mut batch = OutFrame::batch(frames).expect("at most one message's descriptors");
+        let deadline = jobs[0].queued + HAND_OFF_TIMEOUT;
+        let written = write_batch(&socket, &mut batch, deadline, pid).await;
+        let sent = batch.sent();
+        drop(batch);
+        for (job, end) in jobs.drain(..).zip(ends) {
+            let answer = match &written {
+                Ok(()) => Ok(()),
+                Err(_) if end <= sent => Ok(()),
+                Err(reason) => Err(reason.clone()),
+            };
+            let _ = job.answer.send(answer);
+        }
+        if let Err(reason) = written {
+            if sent > 0 {
+                broken = Some(reason);
+            }
         }
     }
 }
 
-async fn write_frame(
-    outgoing: &Outgoing,
-    frame: &mut OutFrame<'_>,
+/// Writes a batch: waits for room until `deadline` before the first byte, then until it is all
+/// out.
+async fn write_batch(
+    socket: &AsyncFd<OwnedFd>,
+    batch: &mut OutFrame<'_>,
+    deadline: tokio::time::Instant,
+    pid: u32,
 ) -> std::result::Result<(), String> {
-    let deadline = tokio::time::Instant::now() + HAND_OFF_TIMEOUT;
     loop {
-        let ready = if frame.started() {
-            outgoing.socket.writable().await
+        let ready = if batch.started() {
+            socket.writable().await
         } else {
-            match tokio::time::timeout_at(deadline, outgoing.socket.writable()).await {
+            match tokio::time::timeout_at(deadline, socket.writable()).await {
                 Ok(ready) => ready,
                 Err(_) => {
                     return Err(format!(
-                        "the successor (pid {}) took nothing for {HAND_OFF_TIMEOUT:?}",
-                        outgoing.pid
+                        "the successor (pid {pid}) took nothing for {HAND_OFF_TIMEOUT:?}"
                     ));
                 }
             }
         };
         let mut ready = ready.map_err(|err| err.to_string())?;
-        match ready.try_io(|socket| frame.try_send(socket.get_ref().as_fd())) {
+        match ready.try_io(|socket| batch.try_send(socket.get_ref().as_fd())) {
             Ok(Ok(_)) => return Ok(()),
-            // The kernel holds the descriptor from the first byte on; a channel that fails
-            // after that drops it with the successor, and this copy keeps the connection.
             Ok(Err(err)) => {
                 return Err(format!(
-                    "the channel to the successor (pid {}) failed: {err}",
-                    outgoing.pid
+                    "the channel to the successor (pid {pid}) failed: {err}"
                 ));
             }
             Err(_would_block) => {}
