@@ -25,6 +25,9 @@
 #[cfg(feature = "axum")]
 pub mod axum;
 mod close;
+mod connection;
+mod reclaim;
 mod serve;
 
+pub use connection::upgraded_stream;
 pub use serve::{Serve, serve};
