@@ -522,3 +522,93 @@ impl Answers {
             .unwrap_or_else(|_| panic!("no answer from pid {pid} within {STEP:?}"));
     }
 }
+
+/// A WebSocket client frame: final, text, masked (as clients must).
+fn masked_text_frame(text: &str) -> Vec<u8> {
+    assert!(text.len() < 126, "a short frame");
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads one short unmasked server frame: its opcode and payload.
+async fn read_server_frame(reader: &mut (impl AsyncBufRead + Unpin)) -> (u8, String) {
+    tokio::time::timeout(STEP, async {
+        let mut head = [0u8; 2];
+        reader.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+        let len = usize::from(head[1] & 0x7f);
+        assert!(len < 126, "a short frame");
+        let mut payload = vec![0; len];
+        reader.read_exact(&mut payload).await.unwrap();
+        (head[0] & 0x0f, String::from_utf8(payload).unwrap())
+    })
+    .await
+    .expect("a frame in time")
+}
+
+/// A WebSocket on a plain socket, so that the test can send half a frame: the half that the
+/// old process has read when it hands the WebSocket over travels in the record, and the new
+/// process answers the whole message, once.
+#[tokio::test]
+async fn a_message_half_received_when_the_websocket_is_handed_over_is_answered_by_the_new_process()
+{
+    let server = Server::start(SERVER, &["--probation", "0s"]).await;
+    let (reader, mut conn) = TcpStream::connect(server.addr())
+        .await
+        .unwrap()
+        .into_split();
+    let mut reader = BufReader::new(reader);
+    conn.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, accept) = tokio::time::timeout(STEP, async {
+        let mut status = String::new();
+        reader.read_line(&mut status).await.unwrap();
+        let mut accept = String::new();
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).await.unwrap();
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("sec-websocket-accept") {
+                    accept = value.trim().to_owned();
+                }
+            }
+        }
+        (status, accept)
+    })
+    .await
+    .expect("the handshake's answer in time");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status:?}");
+    // RFC 6455's own example key and answer.
+    assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    for round in 0..3 {
+        let before = format!("before {round}");
+        conn.write_all(&masked_text_frame(&before)).await.unwrap();
+        let answer = read_server_frame(&mut reader).await;
+        assert_eq!(answer, (1, format!("{before} {}", server.pid())));
+
+        let after = format!("after {round}");
+        let frame = masked_text_frame(&after);
+        let (first, rest) = frame.split_at(frame.len() / 2);
+        conn.write_all(first).await.unwrap();
+        let old = server.upgrade().await;
+        wait_exited_having_handed_off(&server, old, 1).await;
+        conn.write_all(rest).await.unwrap();
+        let answer = read_server_frame(&mut reader).await;
+        assert_eq!(
+            answer,
+            (1, format!("{after} {}", server.pid())),
+            "no close, the whole message"
+        );
+    }
+}
