@@ -5,8 +5,8 @@
 //!   task cost about 20% of throughput with one request per connection), owned by the `serve`
 //!   future: dropping the future stops accepting (the connections already accepted are served
 //!   on their own tasks and drained as usual).
-//! - Until this process is replaced, connections are served as hyper-util's auto builder serves
-//!   them (HTTP/1.1 and HTTP/2, detected, with upgrades such as WebSocket); see
+//! - Until this process is replaced, connections are served with hyper's HTTP/1.1 and HTTP/2
+//!   builders, the protocol detected per connection, with upgrades such as WebSocket; see
 //!   `connection.rs` for what happens once it is replaced.
 //! - With hand-off (the default, for TCP listeners), the tag idle HTTP/1 connections travel
 //!   under (`http1@<address>`) is asked for when the future is created, so before `ready()`;
@@ -97,9 +97,9 @@ impl<L, S> std::fmt::Debug for Serve<L, S> {
 }
 
 impl<L, S> Serve<L, S> {
-    /// How long an HTTP/1 connection may stay idle after this process is replaced before it is
-    /// closed. A request that arrives within it is answered (with `Connection: close`). Default:
-    /// 1 s.
+    /// How long an HTTP/1 connection that is not handed over may stay idle after this process
+    /// is replaced before it is closed. A request that arrives within it is answered (with
+    /// `Connection: close`). Default: 1 s.
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = grace;
         self
