@@ -612,3 +612,71 @@ async fn a_message_half_received_when_the_websocket_is_handed_over_is_answered_b
         );
     }
 }
+
+/// A new process that takes nothing over (an older build, or one run with `--handoff off`):
+/// the old process keeps its connections and winds them down as without hand-off. The idle
+/// keep-alive connection's next request is answered by the old process with
+/// `Connection: close`, and the WebSocket gets its 1001 close at the message boundary.
+#[tokio::test]
+async fn when_the_new_process_takes_nothing_over_connections_wind_down_as_without_handoff() {
+    let bin = tempfile::tempdir().unwrap();
+    let path = bin.path().join("http-server");
+    std::fs::copy(SERVER, &path).unwrap();
+    let server = Server::start(path.to_str().unwrap(), &["--probation", "0s"]).await;
+    let old = server.pid();
+    let (reader, mut conn) = TcpStream::connect(server.addr())
+        .await
+        .unwrap()
+        .into_split();
+    let mut reader = BufReader::new(reader);
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, close, body) = read_response(&mut reader).await;
+    assert!(!close);
+    assert_eq!(pid_of(&body), old);
+    let url = format!("ws://{}/ws", server.addr());
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    socket.send(Message::text("before")).await.unwrap();
+    let answer = tokio::time::timeout(STEP, socket.next())
+        .await
+        .expect("an answer");
+    assert_eq!(
+        answer.unwrap().unwrap(),
+        Message::text(format!("before {old}"))
+    );
+
+    // The deploy: the binary at the same path is now one that takes nothing over.
+    let wrapper = bin.path().join("wrapper");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec {SERVER} \"$@\" --handoff off\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::rename(&wrapper, &path).unwrap();
+    assert_eq!(server.upgrade().await, old);
+
+    // Within the idle grace (1 s) of the upgrade.
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, close, body) = read_response(&mut reader).await;
+    assert!(status.starts_with("HTTP/1.1 200") && close, "{status:?}");
+    assert_eq!(
+        pid_of(&body),
+        old,
+        "answered by the old process, which kept it"
+    );
+    let next = tokio::time::timeout(STEP, socket.next()).await;
+    match next.expect("a frame after the upgrade").unwrap().unwrap() {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    drop((socket, conn, reader));
+    wait_exited_having_handed_off(&server, old, 0).await;
+}
