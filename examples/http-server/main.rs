@@ -101,7 +101,8 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
         let graceful = graceful.clone();
         tokio::spawn(async move {
             while let Some(conn) = handed.next().await {
-                let socket = WebSocket::new(conn.into_stream(), Vec::new());
+                let (stream, record) = conn.into_parts();
+                let socket = WebSocket::new(Prefixed::new(stream, Vec::new()), record);
                 tokio::spawn(echo(socket, graceful.clone(), true));
             }
         });
@@ -198,7 +199,9 @@ type Conn = Prefixed<TrackedStream<TcpStream>>;
 
 /// Echoes messages until the client leaves or, once this process is replaced, until the next
 /// message boundary; there the WebSocket is handed over to the new generation if it can be,
-/// or closed with 1001 (going away) so that the client reconnects.
+/// or closed with 1001 (going away) so that the client reconnects: without hand-off, when the
+/// new generation does not take `ws-echo`, or when the record would be over 64 KiB (a large
+/// frame half received).
 async fn echo(socket: WebSocket<Conn>, graceful: Graceful, handoff: bool) {
     let Some(socket) = serve_until_replaced(socket, &graceful).await else {
         return;
@@ -207,11 +210,10 @@ async fn echo(socket: WebSocket<Conn>, graceful: Graceful, handoff: bool) {
         return close_going_away(socket).await;
     }
     // At a message boundary: whatever is buffered is input not processed yet, and travels as
-    // the record, after what is left of the stream's own prefix.
-    let (stream, buffered) = socket.into_parts();
+    // the record, followed by what is left of the stream's own prefix (read after it).
+    let (stream, mut record) = socket.into_parts();
     let (stream, unread) = stream.into_parts();
-    let mut record = unread;
-    record.extend_from_slice(&buffered);
+    record.extend_from_slice(&unread);
     match graceful.hand_off(stream, WEBSOCKET, &record).await {
         Ok(()) => {}
         Err(kept) => {

@@ -79,12 +79,15 @@ impl<S: AsyncRead> AsyncRead for Reclaim<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        let _ = this.state.compare_exchange(
-            ARMED,
-            READ_AFTER_ARMING,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+        // A plain load on the common path; armed only once, at the upgrade.
+        if this.state.load(Ordering::Relaxed) == ARMED {
+            let _ = this.state.compare_exchange(
+                ARMED,
+                READ_AFTER_ARMING,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
         this.inner.poll_read(cx, buf)
     }
 }
