@@ -262,3 +262,98 @@ fn message(opcode: u8, payload: Vec<u8>) -> Message {
         Message::Binary(payload)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    /// A client frame: masked, with `fin` and `opcode`.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mask = [1, 2, 3, 4];
+        let mut frame = vec![u8::from(fin) << 7 | opcode, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    async fn server_frame(client: &mut DuplexStream) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.unwrap();
+        let mut payload = vec![0; usize::from(head[1] & 0x7f)];
+        client.read_exact(&mut payload).await.unwrap();
+        (head[0], payload)
+    }
+
+    async fn next_message(socket: &mut WebSocket<DuplexStream>) -> Next {
+        loop {
+            match socket.next_buffered().await.unwrap() {
+                Next::NeedMore => assert!(socket.read_more().await.unwrap(), "ended"),
+                next => return next,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fragmented_message_is_assembled_and_a_ping_between_its_parts_answered() {
+        let (server, mut client) = tokio::io::duplex(1024);
+        let mut socket = WebSocket::new(server, Vec::new());
+        client
+            .write_all(&client_frame(false, TEXT, b"hel"))
+            .await
+            .unwrap();
+        client
+            .write_all(&client_frame(true, PING, b"p"))
+            .await
+            .unwrap();
+        client
+            .write_all(&client_frame(true, CONTINUATION, b"lo"))
+            .await
+            .unwrap();
+        match next_message(&mut socket).await {
+            Next::Message(Message::Text(text)) => assert_eq!(text, b"hello"),
+            other => panic!("{other:?}"),
+        }
+        assert!(socket.at_boundary());
+        assert_eq!(
+            server_frame(&mut client).await,
+            (0x80 | PONG, b"p".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_partial_frame_stays_unprocessed_and_comes_back_with_the_stream() {
+        let (server, mut client) = tokio::io::duplex(1024);
+        let frame = client_frame(true, TEXT, b"whole");
+        let (first, _) = frame.split_at(4);
+        let mut socket = WebSocket::new(server, first.to_vec());
+        assert!(matches!(
+            socket.next_buffered().await.unwrap(),
+            Next::NeedMore
+        ));
+        assert!(socket.at_boundary());
+        let (server, record) = socket.into_parts();
+        assert_eq!(record, first, "the record is the bytes not processed");
+        // The next generation goes on from the record.
+        let mut socket = WebSocket::new(server, record);
+        client.write_all(&frame[4..]).await.unwrap();
+        match next_message(&mut socket).await {
+            Next::Message(Message::Text(text)) => assert_eq!(text, b"whole"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unmasked_client_frame_is_closed_as_a_protocol_error() {
+        let (server, mut client) = tokio::io::duplex(1024);
+        let mut socket = WebSocket::new(server, vec![0x81, 0x01, b'x']);
+        assert!(matches!(next_message(&mut socket).await, Next::Closed));
+        let (head, payload) = server_frame(&mut client).await;
+        assert_eq!(
+            (head, payload),
+            (0x80 | CLOSE, 1002u16.to_be_bytes().to_vec())
+        );
+    }
+}
