@@ -121,6 +121,10 @@ fn notify_reports_ready_reloads_the_new_main_pid_failures_and_stops_in_order() {
     let exe = copy_server(dir.path());
     let pid_file = dir.path().join("server.pid");
     let notify = NotifySocket::bind(&dir.path().join("notify"));
+    // Without hand-off: the slow request below is sent from a thread just before the SIGHUP,
+    // and may reach the connection only once the new generation is ready; with hand-off the
+    // then idle connection would move to the new generation, which would answer it, and the
+    // first one would not be kept draining.
     let server = Group::spawn(
         Command::new(&exe)
             .args([
@@ -128,6 +132,8 @@ fn notify_reports_ready_reloads_the_new_main_pid_failures_and_stops_in_order() {
                 "127.0.0.1:0",
                 "--drain-timeout",
                 "20s",
+                "--handoff",
+                "off",
                 "--pid-file",
             ])
             .arg(&pid_file)

@@ -632,9 +632,7 @@ impl Figures {
                 &format!(
                     "every one of {sessions} sessions handed over and served on: handed_off={} \
                      clean_eof={} of {}",
-                    probe["handed_off"],
-                    probe["clean_eof"],
-                    probe["clients"]
+                    probe["handed_off"], probe["clean_eof"], probe["clients"]
                 ),
             );
         }

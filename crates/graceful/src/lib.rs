@@ -59,7 +59,7 @@
 pub use graceful_tokio::*;
 
 #[cfg(feature = "hyper")]
-pub use graceful_hyper::{Serve, serve};
+pub use graceful_hyper::{Serve, serve, upgraded_stream};
 
 /// axum on graceful listeners (feature `axum`): [`axum::serve`] adds the keep-alive behaviour
 /// and the drain of [`serve`]; the graceful listener also implements axum's own `Listener`.

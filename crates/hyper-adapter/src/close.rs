@@ -4,40 +4,81 @@
 //!
 //! Closing a keep-alive connection the moment it is idle instead (what hyper-util's graceful
 //! shutdown does) loses the request that a busy client is sending at that instant.
+//!
+//! The wrapper also tells whether the connection is between requests (no request in flight,
+//! no response being written, no protocol switch), which decides whether an idle HTTP/1
+//! connection can be handed over to the new process instead (see `connection.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use graceful_tokio::Graceful;
 use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-/// Wraps a hyper service for one connection; see the module documentation. It also notes
-/// whether the connection speaks HTTP/2, which decides how the connection is wound down.
+/// What one connection's requests have done so far, shared with the code that serves it.
+#[derive(Debug, Default)]
+pub(crate) struct Exchanges {
+    /// Requests whose response has not been written to its end (or dropped) yet.
+    in_flight: AtomicUsize,
+    /// A response switched protocols: the connection belongs to the upgrade now.
+    switched: AtomicBool,
+}
+
+impl Exchanges {
+    /// Between requests: nothing in flight and no protocol switch. Read it only while hyper's
+    /// connection is not being polled (from the task that polls it), so that it cannot start a
+    /// request meanwhile.
+    pub(crate) fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0 && !self.switched.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts one request as in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Exchanges>);
+
+impl InFlight {
+    fn new(exchanges: Arc<Exchanges>) -> InFlight {
+        exchanges.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(exchanges)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Wraps a hyper service for one connection; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct CloseWhenReplaced<S> {
-    inner: S,
+    // Boxed so that the wrapper is `Unpin` whatever the service: hyper's HTTP/1 connection
+    // can then be taken apart (`into_parts`) after it has been polled.
+    inner: Box<S>,
     graceful: Graceful,
-    http2: Arc<AtomicBool>,
+    exchanges: Arc<Exchanges>,
 }
 
 impl<S> CloseWhenReplaced<S> {
     pub(crate) fn new(inner: S, graceful: Graceful) -> Self {
         CloseWhenReplaced {
-            inner,
+            inner: Box::new(inner),
             graceful,
-            http2: Arc::default(),
+            exchanges: Arc::default(),
         }
     }
 
-    /// Whether a request of this connection came over HTTP/2; readable after the service has
-    /// been handed to hyper.
-    pub(crate) fn http2_seen(&self) -> Arc<AtomicBool> {
-        self.http2.clone()
+    /// What this connection's requests have done; readable after the service has been handed
+    /// to hyper.
+    pub(crate) fn exchanges(&self) -> Arc<Exchanges> {
+        self.exchanges.clone()
     }
 }
 
@@ -45,17 +86,15 @@ impl<S, R, B> hyper::service::Service<Request<R>> for CloseWhenReplaced<S>
 where
     S: hyper::service::Service<Request<R>, Response = Response<B>>,
 {
-    type Response = Response<B>;
+    type Response = Response<Counted<B>>;
     type Error = S::Error;
     type Future = CloseFuture<S::Future>;
 
     fn call(&self, request: Request<R>) -> Self::Future {
         // HTTP/2 has no Connection header; its connections get GOAWAY instead.
         let http1 = request.version() < Version::HTTP_2;
-        if !http1 {
-            self.http2.store(true, Ordering::Relaxed);
-        }
         CloseFuture {
+            in_flight: Some(InFlight::new(self.exchanges.clone())),
             inner: self.inner.call(request),
             graceful: http1.then(|| self.graceful.clone()),
         }
@@ -68,6 +107,7 @@ pin_project! {
         #[pin]
         inner: F,
         graceful: Option<Graceful>,
+        in_flight: Option<InFlight>,
     }
 }
 
@@ -75,11 +115,17 @@ impl<F, B, E> Future for CloseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = F::Output;
+    type Output = Result<Response<Counted<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
+        let in_flight = this.in_flight.take();
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(in_flight) = &in_flight {
+                in_flight.0.switched.store(true, Ordering::SeqCst);
+            }
+        }
         // Decided when the response is ready, so a request in flight at the upgrade closes too.
         // A protocol switch (WebSocket) keeps its own Connection header.
         let replaced = this
@@ -91,6 +137,40 @@ where
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        Poll::Ready(Ok(response))
+        Poll::Ready(Ok(response.map(|inner| Counted {
+            inner,
+            _in_flight: in_flight,
+        })))
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request in flight until hyper has written it to its end
+    /// (and dropped it).
+    #[derive(Debug)]
+    pub(crate) struct Counted<B> {
+        #[pin]
+        inner: B,
+        _in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: Body> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -5,14 +5,15 @@
 //!   task cost about 20% of throughput with one request per connection), owned by the `serve`
 //!   future: dropping the future stops accepting (the connections already accepted are served
 //!   on their own tasks and drained as usual).
-//! - Until this process is replaced, connections are served as hyper-util's auto builder serves
-//!   them (HTTP/1.1 and HTTP/2, detected, with upgrades such as WebSocket).
-//! - Once it is replaced: HTTP/2 connections get GOAWAY at once and finish their streams.
-//!   HTTP/1 connections answer their next request with `Connection: close` (see `close.rs`)
-//!   and are closed only if they stay idle through the idle grace. A connection accepted just
-//!   before the upgrade whose first request arrives within the grace is served, not closed.
-//! - Every connection is tracked, upgraded ones (WebSocket) included, so the drain waits for
-//!   them until its deadline.
+//! - Until this process is replaced, connections are served with hyper's HTTP/1.1 and HTTP/2
+//!   builders, the protocol detected per connection, with upgrades such as WebSocket; see
+//!   `connection.rs` for what happens once it is replaced.
+//! - With hand-off (the default, for TCP listeners), the tag idle HTTP/1 connections travel
+//!   under (`http1@<address>`) is asked for when the future is created, so before `ready()`;
+//!   connections handed over by the previous generation are served like accepted ones, on
+//!   their own tasks, for as long as the `serve` future lives.
+//! - Every connection is tracked, upgraded and handed-over ones included, so the drain waits
+//!   for them until its deadline.
 
 use std::any::Any;
 use std::future::{Future, IntoFuture};
@@ -20,15 +21,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use graceful_tokio::{Accept, DrainReport, Error, Graceful, Listener, TrackedStream};
+use futures::StreamExt;
+use graceful_tokio::{
+    Accept, DrainReport, Error, Graceful, HandedOver, Listener, Prefixed, TrackedStream,
+};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::close::CloseWhenReplaced;
+use crate::connection::{ConnectionConfig, serve_connection};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -60,7 +64,9 @@ pub fn serve<L, S>(listener: Listener<L>, service: S) -> Serve<L, S> {
         drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         call_ready: true,
         tcp_nodelay: true,
-        builder: auto::Builder::new(TokioExecutor::new()),
+        handoff: true,
+        http1: http1::Builder::new(),
+        http2: http2::Builder::new(TokioExecutor::new()),
     }
 }
 
@@ -73,7 +79,9 @@ pub struct Serve<L, S> {
     drain_timeout: Duration,
     call_ready: bool,
     tcp_nodelay: bool,
-    builder: auto::Builder<TokioExecutor>,
+    handoff: bool,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
 }
 
 impl<L, S> std::fmt::Debug for Serve<L, S> {
@@ -83,14 +91,15 @@ impl<L, S> std::fmt::Debug for Serve<L, S> {
             .field("drain_timeout", &self.drain_timeout)
             .field("call_ready", &self.call_ready)
             .field("tcp_nodelay", &self.tcp_nodelay)
+            .field("handoff", &self.handoff)
             .finish_non_exhaustive()
     }
 }
 
 impl<L, S> Serve<L, S> {
-    /// How long an HTTP/1 connection may stay idle after this process is replaced before it is
-    /// closed. A request that arrives within it is answered (with `Connection: close`). Default:
-    /// 1 s.
+    /// How long an HTTP/1 connection that is not handed over may stay idle after this process
+    /// is replaced before it is closed. A request that arrives within it is answered (with
+    /// `Connection: close`). Default: 1 s.
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = grace;
         self
@@ -120,9 +129,27 @@ impl<L, S> Serve<L, S> {
         self
     }
 
-    /// hyper-util's connection builder, for HTTP/1 and HTTP/2 settings.
-    pub fn http_builder(&mut self) -> &mut auto::Builder<TokioExecutor> {
-        &mut self.builder
+    /// Whether idle HTTP/1 keep-alive connections are handed over to the new process once
+    /// this one is replaced (default: true), instead of answering their next request with
+    /// `Connection: close`. The client keeps its TCP connection, and its next request is
+    /// answered by the new process; a connection busy with a request, and every HTTP/2
+    /// connection, winds down as without hand-off. Only connections of TCP listeners travel,
+    /// and only to a new process that takes them (one that runs `serve` with hand-off on the
+    /// same address).
+    pub fn handoff(mut self, handoff: bool) -> Self {
+        self.handoff = handoff;
+        self
+    }
+
+    /// hyper's HTTP/1 connection builder, for its settings. Connections are always served
+    /// with upgrades (WebSocket).
+    pub fn http1_builder(&mut self) -> &mut http1::Builder {
+        &mut self.http1
+    }
+
+    /// hyper's HTTP/2 connection builder, for its settings.
+    pub fn http2_builder(&mut self) -> &mut http2::Builder<TokioExecutor> {
+        &mut self.http2
     }
 }
 
@@ -130,6 +157,7 @@ impl<L, S, B> IntoFuture for Serve<L, S>
 where
     L: Accept + Send + 'static,
     L::Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    L::Addr: 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
         + Clone
         + Send
@@ -145,12 +173,21 @@ where
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
+        let graceful = Graceful::get();
+        // Asked for now, before the future runs: with `without_ready`, the application may
+        // call `ready()` right after creating it.
+        let (handoff_tag, handed) = match (&graceful, self.handoff) {
+            (Ok(graceful), true) => take_handed_over(graceful, &self.listener),
+            _ => (None, None),
+        };
         Box::pin(async move {
-            let graceful = Graceful::get()?;
+            let graceful = graceful?;
             let connection = Arc::new(ConnectionConfig {
-                builder: self.builder,
+                http1: self.http1,
+                http2: self.http2,
                 idle_grace: self.idle_grace,
                 graceful: graceful.clone(),
+                handoff_tag,
             });
             let mut listener = if self.call_ready {
                 self.listener
@@ -159,14 +196,20 @@ where
             };
             let service = self.service;
             let nodelay = self.tcp_nodelay;
+            let _receiving = handed.map(|handed| {
+                AbortOnDropHandle::new(tokio::spawn(receive(
+                    handed,
+                    service.clone(),
+                    connection.clone(),
+                )))
+            });
             let accepting = AbortOnDropHandle::new(tokio::spawn(async move {
                 while let Some((io, _)) = listener.accept().await {
                     if nodelay {
                         set_nodelay(&io);
                     }
-                    let service =
-                        CloseWhenReplaced::new(service.clone(), connection.graceful.clone());
-                    tokio::spawn(serve_connection(io, service, connection.clone()));
+                    let io = Prefixed::new(io, Vec::new());
+                    tokio::spawn(serve_connection(io, service.clone(), connection.clone()));
                 }
             }));
             if self.call_ready {
@@ -187,47 +230,50 @@ where
     }
 }
 
-struct ConnectionConfig {
-    builder: auto::Builder<TokioExecutor>,
-    idle_grace: Duration,
-    graceful: Graceful,
+/// The tag this server hands idle HTTP/1 connections over under, and the connections the
+/// previous generation hands over under it; `None`s for a listener that is not TCP.
+fn take_handed_over<L: Accept>(
+    graceful: &Graceful,
+    listener: &Listener<L>,
+) -> (Option<String>, Option<HandedOver>)
+where
+    L::Addr: 'static,
+{
+    let Ok(addr) = listener.local_addr() else {
+        return (None, None);
+    };
+    let Some(addr) = (&addr as &dyn Any).downcast_ref::<std::net::SocketAddr>() else {
+        return (None, None);
+    };
+    let tag = format!("http1@{addr}");
+    match graceful.handed_over(&tag) {
+        Ok(handed) => (Some(tag), Some(handed)),
+        Err(err) => {
+            // After ready (this server started late): the previous generation has handed over
+            // already. This one still hands its connections to the next.
+            tracing::debug!(%err, "not taking handed-over HTTP/1 connections");
+            (Some(tag), None)
+        }
+    }
 }
 
-async fn serve_connection<I, S, B>(
-    io: TrackedStream<I>,
-    service: CloseWhenReplaced<S>,
-    config: Arc<ConnectionConfig>,
-) where
-    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+/// Serves the connections the previous generation hands over, as they arrive.
+async fn receive<S, B>(mut handed: HandedOver, service: S, connection: Arc<ConnectionConfig>)
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let http2 = service.http2_seen();
-    let connection = config
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
-
-    tokio::select! {
-        result = connection.as_mut() => return log_end(result),
-        () = config.graceful.upgrade_requested() => {}
+    while let Some(conn) = handed.next().await {
+        tokio::spawn(serve_connection(
+            conn.into_stream(),
+            service.clone(),
+            connection.clone(),
+        ));
     }
-    if http2.load(std::sync::atomic::Ordering::Relaxed) {
-        // GOAWAY: the client sends its next request on a new connection; streams in flight end.
-        connection.as_mut().graceful_shutdown();
-    } else {
-        // Requests from now on are answered with Connection: close; a connection that stays
-        // idle through the grace is closed.
-        tokio::select! {
-            result = connection.as_mut() => return log_end(result),
-            () = tokio::time::sleep(config.idle_grace) => connection.as_mut().graceful_shutdown(),
-        }
-    }
-    log_end(connection.await);
 }
 
 /// Sets `TCP_NODELAY` on an accepted connection if it is a TCP one.
@@ -237,11 +283,5 @@ fn set_nodelay<I: 'static>(io: &TrackedStream<I>) {
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%err, "cannot set TCP_NODELAY on an accepted connection");
         }
-    }
-}
-
-fn log_end(result: Result<(), BoxError>) {
-    if let Err(err) = result {
-        tracing::debug!(%err, "connection ended with an error");
     }
 }

@@ -9,7 +9,12 @@ async fn survives_three_upgrades_under_load() -> Result<(), Error> {
     let harness = Harness::builder(env!("CARGO_BIN_EXE_testing-axum"))
         .arg("--addr")
         .arg_addr() // the harness's own listener, handed over as an upgrade would
-        .load(Load::none().short_http(2).keep_alive_http(2))
+        .load(
+            Load::none()
+                .short_http(2)
+                .keep_alive_http(2)
+                .answers_name_pid(),
+        )
         .start()
         .await?; // returns once the server has called graceful::ready()
 
@@ -22,8 +27,10 @@ async fn survives_three_upgrades_under_load() -> Result<(), Error> {
         })
         .await;
     assert_eq!(report.failures(), 0, "{report}");
+    // Answered by new generations too: keep-alive clients moved, by a reconnect or with their
+    // connection (hand-off), and short ones were accepted by the new generations.
     assert!(
-        report.succeeded() > 0 && report.reconnects() > 0,
+        report.succeeded() > 0 && report.pids().len() > 1,
         "{report}"
     );
     report.outcome?;
