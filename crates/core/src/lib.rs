@@ -44,6 +44,16 @@
 //! the right family and type, listening, bound to the asked address); otherwise the call that
 //! asked for it fails with [`Error::Mismatch`].
 //!
+//! # State and connections
+//!
+//! Besides the sockets, each upgrade opens a hand-off channel to the new process
+//! (`GRACEFUL_HANDOFF_FD`, see [`handoff`]): the new generation may ask for the application's
+//! state before it is ready ([`Upgrader::inherited_state`], answered by the writer set with
+//! [`Upgrader::set_state_writer`]), and announce the kinds of live connections it takes
+//! ([`Upgrader::take_connections`]); a runtime adapter then sends those over it, socket and
+//! all ([`Upgrader::successor_handoff`]). A process of an older build never asks and is sent
+//! nothing.
+//!
 //! # Generations
 //!
 //! A new generation may be upgraded as soon as it is ready, even while older ones are still

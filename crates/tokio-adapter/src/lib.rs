@@ -56,6 +56,13 @@
 //! serves, so a replaced one, which still holds the same socket, takes none meant for its
 //! successor; see [`UdpSocket`] for what is guaranteed.
 //!
+//! Long-lived connections can move instead of closing: at a boundary, [`Graceful::hand_off`]
+//! gives the connection itself (and the input read but not processed) to the new generation,
+//! which asked for it with [`Graceful::handed_over`] before it was ready; the client keeps its
+//! TCP connection. The application's state moves the same way ([`Graceful::save_state`],
+//! [`Graceful::inherited_state`]). A successor that does not take a connection gets none, and
+//! the connection comes back to be closed as before.
+//!
 //! Everything is reported through `tracing`, under the targets `graceful_tokio` (signals,
 //! listeners, the drain, the control socket) and `graceful_core` (the upgrade itself); install a
 //! subscriber to see it. Without one, a failed or rolled-back upgrade, an ignored upgrade signal,
