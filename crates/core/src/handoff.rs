@@ -20,6 +20,7 @@
 //! | [`Frame::StateRequest`] | new | none | none |
 //! | [`Frame::State`] | old | version (u32), then the application's bytes | the state's |
 //! | [`Frame::NoState`] | old | none | none |
+//! | [`Frame::StateFailed`] | old | why, UTF-8 | none |
 //! | [`Frame::Connection`] | old | tag length (u8), tag, record | the connection |
 //!
 //! Every size is bounded ([`MAX_STATE_BYTES`], [`MAX_STATE_FDS`], [`MAX_TAG`],
@@ -94,6 +95,9 @@ const HEADER: usize = 8;
 const STATE_REQUEST: u8 = 1;
 const STATE: u8 = 2;
 const NO_STATE: u8 = 3;
+const STATE_FAILED: u8 = 5;
+/// The longest reason a failed save is told with.
+const MAX_REASON: usize = 1024;
 const CONNECTION: u8 = 4;
 
 /// One message of the hand-off channel.
@@ -112,6 +116,11 @@ pub enum Frame {
     },
     /// The old generation has no state to give.
     NoState,
+    /// The old generation could not save its state: its writer failed, for this reason.
+    StateFailed {
+        /// Why.
+        reason: String,
+    },
     /// A live connection.
     Connection {
         /// The protocol it speaks, as its sender and receiver agreed.
@@ -144,6 +153,10 @@ impl fmt::Debug for Frame {
                 .field("fds", &fds.len())
                 .finish(),
             Frame::NoState => f.write_str("NoState"),
+            Frame::StateFailed { reason } => f
+                .debug_struct("StateFailed")
+                .field("reason", reason)
+                .finish(),
             Frame::Connection { tag, record, fd } => f
                 .debug_struct("Connection")
                 .field("tag", tag)
@@ -205,6 +218,15 @@ impl<'a> OutFrame<'a> {
     /// The answer that there is no state.
     pub fn no_state() -> OutFrame<'static> {
         OutFrame::new(NO_STATE, &[], Vec::new())
+    }
+
+    /// The answer that the state could not be saved, and why (cut to 1 KiB).
+    pub fn state_failed(reason: &str) -> OutFrame<'static> {
+        let mut end = reason.len().min(MAX_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        OutFrame::new(STATE_FAILED, &[reason[..end].as_bytes()], Vec::new())
     }
 
     /// A state: `version`, `bytes` and `fds`.
@@ -460,6 +482,7 @@ impl FrameReader {
         let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
         let (max_len, max_fds) = match kind {
             STATE_REQUEST | NO_STATE => (0, 0),
+            STATE_FAILED => (MAX_REASON, 0),
             STATE => (4 + MAX_STATE_BYTES, MAX_STATE_FDS),
             CONNECTION => (1 + MAX_TAG + MAX_RECORD, 1),
             other => return Err(invalid(format!("unknown hand-off frame kind {other}"))),
@@ -491,6 +514,9 @@ impl FrameReader {
         Ok(Some(match kind {
             STATE_REQUEST => Frame::StateRequest,
             NO_STATE => Frame::NoState,
+            STATE_FAILED => Frame::StateFailed {
+                reason: String::from_utf8_lossy(&payload).into_owned(),
+            },
             STATE => {
                 if payload.len() < 4 || lost {
                     return Err(invalid(
@@ -560,6 +586,9 @@ mod tests {
             .send_until(a.as_fd(), soon())
             .unwrap();
         OutFrame::no_state().send_until(a.as_fd(), soon()).unwrap();
+        OutFrame::state_failed(&"é".repeat(600))
+            .send_until(a.as_fd(), soon())
+            .unwrap();
         drop(a);
         let mut reader = FrameReader::new();
         let b = b.as_fd();
@@ -596,6 +625,10 @@ mod tests {
             reader.next_until(b, soon()).unwrap(),
             Some(Frame::NoState)
         ));
+        match reader.next_until(b, soon()).unwrap() {
+            Some(Frame::StateFailed { reason }) => assert_eq!(reason, "é".repeat(512)),
+            other => panic!("expected a failed state, got {other:?}"),
+        }
         assert!(reader.next_until(b, soon()).unwrap().is_none());
     }
 

@@ -4,7 +4,7 @@
 //! Invariants kept here:
 //! - State is sent only when the new generation asks for it, before it is ready: the
 //!   application's writer runs then, on a thread of the upgrade's own, and the new generation
-//!   waits for the answer. A writer that fails closes the channel unanswered, so the new
+//!   waits for the answer. A writer that fails (or panics) is answered as such, so the new
 //!   generation fails to start (unless its application chooses to start fresh) and the upgrade
 //!   fails with this generation still serving.
 //! - Once the writer has run, the state belongs to the successor, unless the upgrade fails or
@@ -190,7 +190,10 @@ fn serve_state(
     };
     // From here on the state is the successor's, unless the upgrade fails.
     given.store(true, Ordering::SeqCst);
-    let state = match writer() {
+    // A writer that panics fails the save like one that returns an error.
+    let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer()))
+        .unwrap_or_else(|_| Err(io::Error::other("the state writer panicked")));
+    let state = match saved {
         Ok(state) => state,
         Err(err) => {
             tracing::error!(
@@ -199,6 +202,10 @@ fn serve_state(
                 "cannot save the state for the new generation; it gets none, and fails to start \
                  unless it chooses to start fresh"
             );
+            let reason = err.to_string();
+            if let Err(err) = OutFrame::state_failed(&reason).send_until(socket.as_fd(), deadline) {
+                tracing::warn!(pid, %err, "cannot tell the new generation the state failed");
+            }
             return;
         }
     };
@@ -237,8 +244,8 @@ impl Upgrader {
         *lock(&self.inner.handoffs.writer) = Some(Arc::new(writer));
     }
 
-    /// Sets what runs when state saved by the writer comes back: the upgrade failed after the
-    /// new generation asked for it (it died, was not ready in time, or the upgrade was
+    /// Sets what runs when state saved by the writer comes back (or the writer failed): the
+    /// upgrade failed after the new generation asked for it (it died, was not ready in time, or the upgrade was
     /// cancelled), or the new generation was rolled back during its probation. Runs once per
     /// such upgrade, on the thread that saw the failure; must not block.
     pub fn set_state_undo(&self, undo: impl Fn() + Send + Sync + 'static) {
@@ -307,6 +314,9 @@ impl Upgrader {
                 }))
             }
             Ok(Some(Frame::NoState)) => Ok(None),
+            Ok(Some(Frame::StateFailed { reason })) => Err(problem(format!(
+                "pid {parent_pid} could not save its state: {reason}"
+            ))),
             Ok(Some(other)) => Err(problem(format!(
                 "pid {parent_pid} answered the request for the state with {other:?}"
             ))),
