@@ -443,12 +443,14 @@ mod tests {
             ("LISTEN_FDS", "2"),
             ("LISTEN_FDNAMES", "tcp/127.0.0.1%3A80:file/x"),
             ("GRACEFUL_LINK_FD", "5"),
+            ("GRACEFUL_HANDOFF_FD", "6"),
             ("GRACEFUL_GENERATION", "7"),
             ("GRACEFUL_PGID", "40"),
         ]);
         let got = announced(vars, 42).unwrap().unwrap();
         assert_eq!(got.names, ["tcp/127.0.0.1%3A80", "file/x"]);
         assert_eq!(got.link_fd, Some(5));
+        assert_eq!(got.handoff_fd, Some(6));
         assert_eq!(got.generation, 7);
         assert_eq!(got.pgid, Some(40));
     }
@@ -478,7 +480,36 @@ mod tests {
 
     #[test]
     fn malformed_values_name_the_variable_and_the_value() {
-        let cases: [(&[(&str, &str)], &str); 8] = [
+        let cases: [(&[(&str, &str)], &str); 12] = [
+            (
+                &[("LISTEN_PID", "42"), ("GRACEFUL_HANDOFF_FD", "5")],
+                "must come with GRACEFUL_LINK_FD",
+            ),
+            (
+                &[
+                    ("LISTEN_PID", "42"),
+                    ("GRACEFUL_LINK_FD", "5"),
+                    ("GRACEFUL_HANDOFF_FD", "5"),
+                ],
+                "other than the link",
+            ),
+            (
+                &[
+                    ("LISTEN_PID", "42"),
+                    ("LISTEN_FDS", "2"),
+                    ("GRACEFUL_LINK_FD", "5"),
+                    ("GRACEFUL_HANDOFF_FD", "3"),
+                ],
+                "outside the LISTEN_FDS range",
+            ),
+            (
+                &[
+                    ("LISTEN_PID", "42"),
+                    ("GRACEFUL_LINK_FD", "5"),
+                    ("GRACEFUL_HANDOFF_FD", "six"),
+                ],
+                r#"GRACEFUL_HANDOFF_FD="six" is not a descriptor number"#,
+            ),
             (
                 &[("LISTEN_PID", "42"), ("GRACEFUL_PGID", "x")],
                 r#"GRACEFUL_PGID="x" is not a process group id"#,
