@@ -226,7 +226,7 @@ impl<'a> OutFrame<'a> {
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
-        OutFrame::new(STATE_FAILED, &[reason[..end].as_bytes()], Vec::new())
+        OutFrame::new(STATE_FAILED, &[&reason.as_bytes()[..end]], Vec::new())
     }
 
     /// A state: `version`, `bytes` and `fds`.
