@@ -26,6 +26,8 @@ pub(crate) struct Config {
     fd_name: Option<String>,
     pid_file: Option<String>,
     control_socket: Option<String>,
+    /// A running server's control socket to take over from (`--takeover PATH`).
+    takeover: Option<String>,
     upgrade_timeout: Duration,
     probation: Option<Duration>,
 }
@@ -40,8 +42,13 @@ impl Config {
         if let Some(pid_file) = &self.pid_file {
             builder = builder.pid_file(pid_file);
         }
-        if let Some(control_socket) = &self.control_socket {
+        // A process that took over answers on the control socket it took over, unless told
+        // otherwise: the next one can take over from it the same way.
+        if let Some(control_socket) = self.control_socket.as_ref().or(self.takeover.as_ref()) {
             builder = builder.control_socket(control_socket);
+        }
+        if let Some(path) = &self.takeover {
+            builder = builder.takeover(path);
         }
         builder.install()
     }
@@ -77,7 +84,7 @@ where
         .init();
     let usage = format!(
         "usage: {name} [--addr {default_addr} | --fd-name NAME] [--pid-file PATH] \
-         [--control-socket PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] \
+         [--control-socket PATH] [--takeover PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] \
          [--probation 5s] [--handoff on|off]\n       \
          {name} upgrade --control-socket PATH [--timeout 90s]\n       \
          {name} rollback --control-socket PATH [--timeout 90s]"
@@ -112,6 +119,7 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
             "fd-name",
             "pid-file",
             "control-socket",
+            "takeover",
             "upgrade-timeout",
             "drain-timeout",
             "probation",
@@ -126,6 +134,7 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
         fd_name: flags.text("fd-name"),
         pid_file: flags.text("pid-file"),
         control_socket: flags.text("control-socket"),
+        takeover: flags.text("takeover"),
         upgrade_timeout: flags.duration("upgrade-timeout", Duration::from_secs(60))?,
         drain_timeout: flags.duration("drain-timeout", Duration::from_secs(30))?,
         handoff: match flags.text("handoff").as_deref() {

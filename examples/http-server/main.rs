@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! http-server [--addr 127.0.0.1:8080 | --fd-name NAME] [--pid-file PATH] [--control-socket PATH]
-//!             [--upgrade-timeout 60s] [--drain-timeout 30s]
+//!             [--takeover PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] [--probation 5s]
 //! http-server upgrade --control-socket PATH [--timeout 90s]
 //! ```
 //!
@@ -17,7 +17,16 @@
 //!
 //! With `--control-socket`, `http-server upgrade --control-socket PATH` upgrades it too, and
 //! reports the outcome: `upgraded pid=…` and exit status 0 once the new generation serves, or
-//! the reason and status 1. Under systemd, a socket passed by socket activation is adopted: the
+//! the reason and status 1.
+//!
+//! `--takeover PATH` takes over from the server whose control socket is at PATH, a server this
+//! process was not started by: start a second `http-server --takeover PATH` (in another
+//! terminal, another unit, another container sharing the socket's directory) and it receives
+//! that server's listening sockets, serves on them, and the first one stops accepting, drains
+//! and exits, as after an upgrade (with its probation: if the new one dies within it, the old
+//! one serves again). Nothing serving at PATH is a first start. The process then answers on
+//! PATH itself (unless `--control-socket` names another path), so the next one can take over
+//! from it. Under systemd, a socket passed by socket activation is adopted: the
 //! one bound to `--addr`, or the one named `--fd-name` (the socket unit's
 //! `FileDescriptorName=`); see `examples/systemd/`.
 

@@ -89,6 +89,7 @@ mod spawn;
 mod stage;
 mod successor;
 mod sys;
+mod takeover;
 mod upgrader;
 
 #[doc(hidden)]
@@ -99,4 +100,5 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use handoff::SavedState;
 pub use stage::SpawnStage;
+pub use takeover::REQUEST as TAKEOVER_REQUEST;
 pub use upgrader::{Transition, Upgrader};

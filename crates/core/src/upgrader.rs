@@ -47,6 +47,7 @@ use crate::sys;
 
 mod handoff;
 mod probation;
+pub(crate) mod takeover;
 
 /// Performs zero-downtime upgrades of this process: inherits or creates its sockets, reports
 /// readiness, and starts the next generation.
@@ -76,6 +77,9 @@ pub(crate) struct Parts {
     pub(crate) parent_link: Option<OwnedFd>,
     /// Our end of the hand-off channel to the parent, if it opened one.
     pub(crate) parent_handoff: Option<OwnedFd>,
+    /// A takeover to confirm at `ready` (`upgrader/takeover.rs`), if this process took its
+    /// sockets over from a running server.
+    pub(crate) takeover: Option<takeover::Pending>,
 }
 
 /// The settings an upgrader runs with, resolved by the build.
@@ -118,6 +122,7 @@ pub(crate) struct Inner {
     report: report::Channel,
     replaced: Event,
     handoffs: handoff::HandOffs,
+    takeover: takeover::Confirmation,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +195,7 @@ impl Upgrader {
             report: parts.report,
             replaced: Event::new(),
             handoffs: handoff::HandOffs::new(parts.parent_handoff),
+            takeover: takeover::Confirmation::new(parts.takeover),
         });
         if let Some(reader) = parent_reader {
             lineage::start_parent_watcher(inner.clone(), reader)
@@ -239,7 +245,14 @@ impl Upgrader {
         if *state != State::Starting {
             return Ok(());
         }
-        if let Some(path) = &inner.config.pid_file {
+        inner.takeover.check_not_failed()?;
+        // After a takeover, once the previous generation has yielded (`confirm` writes it).
+        if let Some(path) = inner
+            .config
+            .pid_file
+            .as_ref()
+            .filter(|_| !inner.takeover.is_pending())
+        {
             pidfile::write(path, inner.pid).map_err(|source| Error::PidFile {
                 path: path.clone(),
                 source,
@@ -274,7 +287,12 @@ impl Upgrader {
                 tracing::debug!(%err, "cannot announce the connections this generation takes");
             }
         }
-        let told = inner.lineage.tell_parent(&Message::Ready);
+        let told = if inner.takeover.is_pending() {
+            inner.confirm_takeover()?;
+            Some(Ok(()))
+        } else {
+            inner.lineage.tell_parent(&Message::Ready)
+        };
         if let Some(Err(err)) = &told {
             tracing::warn!(
                 pid = inner.pid,
@@ -427,7 +445,9 @@ impl Upgrader {
                 reader
             }
         };
-        if let Err(err) = lineage::start_child_watcher(inner.clone(), child, reader, deadline) {
+        let kin = lineage::Kin::Child;
+        if let Err(err) = lineage::start_child_watcher(inner.clone(), child, kin, reader, deadline)
+        {
             tracing::warn!(%err, "cannot watch the new generation; its probation ends now");
             inner.retire(child, "the new generation cannot be watched");
         }

@@ -15,7 +15,18 @@
 //! -> rollback
 //! <- ok 4242                                  the previous generation, pid 4242, serves again
 //! <- error cannot roll back from pid 4243: …  nothing changed
+//!
+//! -> takeover                                a process the server did not start asks for its
+//! <- ok 4242 1 3, then 3 sockets              sockets (see `Builder::takeover`); the
+//!    …                                        connection then carries the readiness link
+//! <- error an upgrade is already in progress  refused; nothing changed
 //! ```
+//!
+//! `takeover` is answered by [`Upgrader::yield_to`](graceful_core::Upgrader::yield_to): the
+//! asking process must be of the same user or root, gets the listening sockets over
+//! SCM_RIGHTS, and reports ready on the same connection; one upgrade or takeover runs at a
+//! time. Its connection is not counted by the drain: it lives as long as the link between the
+//! two generations.
 //!
 //! `rollback` is for a deploy that sees the new build misbehave within the previous
 //! generation's probation (see [`Builder::probation`](crate::Builder::probation)): the previous

@@ -1,4 +1,4 @@
-//! The server side: answers `upgrade` and `rollback` on the control socket while this
+//! The server side: answers `upgrade`, `rollback` and `takeover` on the control socket while this
 //! generation serves, through the handle's own methods.
 //!
 //! Invariants:
@@ -20,7 +20,7 @@ use graceful_core::{Error, Result, Upgrader};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::MAX_LINE;
-use crate::handle::Graceful;
+use crate::handle::{Graceful, run_blocking};
 use crate::tracked::TrackedStream;
 
 /// How long the previous generation may take to answer a rollback request.
@@ -101,6 +101,11 @@ async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream
     )
     .await;
     let reply = match read {
+        Ok(Ok(_))
+            if request.trim() == graceful_core::TAKEOVER_REQUEST && stream.buffer().is_empty() =>
+        {
+            return take_over(&graceful, stream.into_inner()).await;
+        }
         Ok(Ok(_)) if request.ends_with('\n') => respond(&graceful, request.trim()).await,
         Ok(Ok(n)) if n as u64 >= MAX_LINE => {
             format!("error the request is longer than {MAX_LINE} bytes")
@@ -125,6 +130,31 @@ async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream
     }
 }
 
+/// Hands this generation's sockets to the process that asked for them on `stream`; the
+/// upgrader answers on the connection itself, which from then on is the link between the two.
+/// It is no longer counted by the drain: it lives as long as that link.
+async fn take_over(graceful: &Graceful, stream: TrackedStream<tokio::net::UnixStream>) {
+    let (stream, _untracked) = stream.into_parts();
+    let connection = stream.into_std().and_then(|stream| {
+        // The upgrader reads it blocking; only this process holds this end.
+        stream.set_nonblocking(false)?;
+        Ok(std::os::fd::OwnedFd::from(stream))
+    });
+    let connection = match connection {
+        Ok(connection) => connection,
+        Err(err) => {
+            tracing::warn!(%err, "cannot take the takeover connection from tokio");
+            return;
+        }
+    };
+    let upgrader = graceful.upgrader().clone();
+    match run_blocking("graceful-takeover", move || upgrader.yield_to(connection)).await {
+        Ok(pid) => tracing::info!(successor_pid = pid, "taken over on the control socket"),
+        // Logged by the upgrader, with the reason.
+        Err(err) => tracing::debug!(%err, "takeover on the control socket did not happen"),
+    }
+}
+
 async fn respond(graceful: &Graceful, request: &str) -> String {
     if request == "rollback" {
         tracing::warn!(
@@ -136,9 +166,13 @@ async fn respond(graceful: &Graceful, request: &str) -> String {
             Err(err) => format!("error {err}"),
         };
     }
+    if request == graceful_core::TAKEOVER_REQUEST {
+        return "error a takeover request comes alone: nothing may follow its line".to_owned();
+    }
     if request != "upgrade" {
         return format!(
-            "error unknown request {request:?}; the requests are \"upgrade\" and \"rollback\""
+            "error unknown request {request:?}; the requests are \"upgrade\", \"rollback\" and \
+             \"takeover\""
         );
     }
     if graceful.is_upgrade_requested() {
