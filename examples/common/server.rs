@@ -23,6 +23,9 @@ pub(crate) struct Config {
     /// Whether long-lived connections and state are handed to the next generation
     /// (`--handoff on`, the default) or closed at a boundary for their clients to reconnect.
     pub(crate) handoff: bool,
+    /// How long to wait, sockets adopted, before reporting ready (`--ready-delay`): a slow
+    /// start, such as a cache warm-up, during which the previous generation serves on.
+    pub(crate) ready_delay: Duration,
     fd_name: Option<String>,
     pid_file: Option<String>,
     control_socket: Option<String>,
@@ -85,7 +88,7 @@ where
     let usage = format!(
         "usage: {name} [--addr {default_addr} | --fd-name NAME] [--pid-file PATH] \
          [--control-socket PATH] [--takeover PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] \
-         [--probation 5s] [--handoff on|off]\n       \
+         [--probation 5s] [--handoff on|off] [--ready-delay 0s]\n       \
          {name} upgrade --control-socket PATH [--timeout 90s]\n       \
          {name} rollback --control-socket PATH [--timeout 90s]"
     );
@@ -124,6 +127,7 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
             "drain-timeout",
             "probation",
             "handoff",
+            "ready-delay",
         ],
     )?;
     if flags.text("addr").is_some() && flags.text("fd-name").is_some() {
@@ -137,6 +141,7 @@ fn config(args: impl Iterator<Item = String>, default_addr: &str) -> Result<Conf
         takeover: flags.text("takeover"),
         upgrade_timeout: flags.duration("upgrade-timeout", Duration::from_secs(60))?,
         drain_timeout: flags.duration("drain-timeout", Duration::from_secs(30))?,
+        ready_delay: flags.duration("ready-delay", Duration::ZERO)?,
         handoff: match flags.text("handoff").as_deref() {
             None | Some("on") => true,
             Some("off") => false,

@@ -3,7 +3,7 @@
 //! ```text
 //! echo-server [--addr 127.0.0.1:7000 | --fd-name NAME] [--pid-file PATH] [--control-socket PATH]
 //!             [--takeover PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] [--probation 5s]
-//!             [--handoff on|off]
+//!             [--handoff on|off] [--ready-delay 0s]
 //! echo-server upgrade --control-socket PATH [--timeout 90s]
 //! ```
 //!
@@ -102,6 +102,8 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
     let addr = listener
         .local_addr()
         .map_err(|e| graceful::Error::io("reading the listener's address", e))?;
+    // A slow start (`--ready-delay`): the previous generation serves meanwhile.
+    tokio::time::sleep(config.ready_delay).await;
     graceful.ready()?;
     server::print_ready(&graceful, addr);
     // The listener pauses when a successor is ready, and ends only once the successor's

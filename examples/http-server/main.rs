@@ -3,6 +3,7 @@
 //! ```text
 //! http-server [--addr 127.0.0.1:8080 | --fd-name NAME] [--pid-file PATH] [--control-socket PATH]
 //!             [--takeover PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] [--probation 5s]
+//!             [--ready-delay 0s]
 //! http-server upgrade --control-socket PATH [--timeout 90s]
 //! ```
 //!
@@ -10,6 +11,9 @@
 //! - `GET /slow?ms=N` answers `slow N from <pid>` after N milliseconds.
 //! - `GET /ws` is a WebSocket echo: each text message comes back followed by the pid. When this
 //!   process is replaced, it finishes the message it is on and closes with 1001 (going away).
+//!
+//! `--ready-delay 2s` waits that long, sockets adopted, before reporting ready: a slow start, for
+//! seeing (and testing) that the previous generation serves meanwhile.
 //!
 //! `kill -HUP` upgrades it; SIGTERM stops it. Like `echo-server`, each generation prints
 //! `ready pid=… generation=… addr=…` when it serves, `stopped pid=… successor=…` when it stops
@@ -71,6 +75,8 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
             .without_ready()
             .into_future(),
     );
+    // A slow start (`--ready-delay`): the previous generation serves meanwhile.
+    tokio::time::sleep(config.ready_delay).await;
     // Serving has started; the previous generation may stop now.
     graceful.ready()?;
     server::print_ready(&graceful, addr);

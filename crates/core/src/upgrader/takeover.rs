@@ -39,6 +39,9 @@ use crate::report::Report;
 use crate::sys;
 use crate::takeover::{self, Granted, Taken};
 
+/// Why a takeover failed when the new process went away.
+const GONE: &str = "it exited or closed the connection before it was ready";
+
 /// A takeover whose `ready` is still to be confirmed by the previous generation.
 #[derive(Debug)]
 pub(crate) struct Pending {
@@ -218,8 +221,10 @@ impl Inner {
             match reader.next_until(deadline) {
                 Ok(Some(Message::Ready)) => return Ok(reader),
                 Ok(Some(other)) => tracing::debug!(?other, "ignoring a message before ready"),
-                Ok(None) => {
-                    return Err("it exited or closed the connection before it was ready".into());
+                Ok(None) => return Err(GONE.into()),
+                // It closed the connection with the frames unread.
+                Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Err(GONE.into());
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
                     return Err(format!("it was not ready within {timeout:?}"));
