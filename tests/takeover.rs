@@ -542,3 +542,68 @@ fn another_user_may_not_take_over_even_through_an_open_socket_file() {
     process::signal(peer.pid(), Signal::SIGKILL).unwrap();
     peer.wait_exit();
 }
+
+/// Plays the old server by hand, on a socket of this test's: it hands a listener over, hears
+/// `ready`, and then yields, or closes the connection instead (as an old server that gave up
+/// at that very moment would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_process_serves_only_once_the_old_one_has_yielded() {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+
+    for yields in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, socket) = control_socket(dir.path());
+        let control = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut b = Proc::server(
+            dir.path(),
+            "b",
+            &["--addr", &addr.to_string(), "--takeover", &socket],
+        );
+        let (mut conn, _) = tokio::task::spawn_blocking(move || control.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        conn.set_read_timeout(Some(STEP)).unwrap();
+        let mut lines = BufReader::new(conn.try_clone().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "takeover");
+        let us = std::process::id();
+        conn.write_all(format!("ok {us} 7 1\n").as_bytes()).unwrap();
+        let name = format!("tcp/127.0.0.1%3A{}", addr.port());
+        let mut frame = vec![5, 0, 0, 1];
+        frame.extend_from_slice(&(name.len() as u32 + 1).to_be_bytes());
+        frame.push(name.len() as u8);
+        frame.extend_from_slice(name.as_bytes());
+        let fds = [tcp.as_raw_fd()];
+        sendmsg::<()>(
+            conn.as_raw_fd(),
+            &[std::io::IoSlice::new(&frame)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        // The listener is its own now; ours must not accept.
+        drop(tcp);
+        if yields {
+            conn.write_all(format!("yielded {us}\n").as_bytes())
+                .unwrap();
+            assert_eq!(b.wait_ready(8), addr);
+            assert_eq!(hello(addr).await, b.pid());
+        } else {
+            drop((lines, conn));
+            assert!(!b.wait_exit().success(), "{}", b.stderr());
+            assert!(
+                b.stderr().contains(&format!(
+                    "the server (pid {us}) did not yield: it closed the connection without \
+                     yielding"
+                )),
+                "{}",
+                b.stderr()
+            );
+        }
+    }
+}
