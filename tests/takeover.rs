@@ -607,3 +607,32 @@ async fn the_new_process_serves_only_once_the_old_one_has_yielded() {
         }
     }
 }
+
+#[test]
+fn a_process_in_another_pid_namespace_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { nix::libc::geteuid() } == 0;
+    if !root || Command::new("unshare").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and unshare(1) for a pid namespace");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (path, socket) = control_socket(dir.path());
+    // The server in a pid namespace of its own, where the asking process's pid is not seen.
+    let a = Proc::spawn(
+        dir.path(),
+        "a",
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--", SERVER])
+            .args(["--addr", "127.0.0.1:0", "--control-socket", &socket]),
+    );
+    a.wait_line("ready ");
+    let mut peer = Proc::spawn(dir.path(), "peer", &mut peer_command(&path));
+    let line = peer.wait_line("peer: ");
+    assert!(
+        line.contains("error the takeover of pid") && line.contains("another pid namespace"),
+        "{line}"
+    );
+    process::signal(peer.pid(), Signal::SIGKILL).unwrap();
+    peer.wait_exit();
+}

@@ -7,7 +7,9 @@
 //!   time. An upgrade or takeover in flight, a process not ready yet, replaced or stopping
 //!   refuses with the same errors as [`Upgrader::upgrade`], sent on the connection as
 //!   `error REASON`.
-//! - Only the same user or root may take over (SO_PEERCRED), whatever the socket file's mode.
+//! - Only the same user or root may take over (SO_PEERCRED), whatever the socket file's mode,
+//!   and only from this pid namespace or one below it: a process whose pid this one cannot see
+//!   could be neither watched on probation nor named to a service manager.
 //! - The new process is not this one's child: it is never killed, signalled or reaped. If it
 //!   fails before ready (exits, closes the connection, is not ready within the upgrade
 //!   timeout), this process closes the connection and serves on; a new process still alive
@@ -350,6 +352,18 @@ impl Upgrader {
                 peer_pid: peer.pid,
                 peer_uid: peer.uid,
                 uid,
+            });
+        }
+        if peer.pid == 0 {
+            // Another pid namespace (a container of its own): it could not be watched, nor
+            // named to a service manager.
+            return refuse(Error::TakeoverFailed {
+                pid: inner.pid,
+                successor: 0,
+                problem: "the asking process's pid is not visible from here (another pid \
+                          namespace); run both in one pid namespace (a pod with a shared \
+                          process namespace)"
+                    .into(),
             });
         }
         {
