@@ -460,7 +460,7 @@ async fn a_process_too_slow_to_be_ready_is_given_up_on_and_must_not_serve() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_during_a_takeover_is_refused_and_the_other_way_round() {
+async fn an_upgrade_or_a_second_takeover_during_a_takeover_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (path, socket) = control_socket(dir.path());
     let a = Proc::server(
@@ -635,4 +635,60 @@ fn a_process_in_another_pid_namespace_is_refused() {
     );
     process::signal(peer.pid(), Signal::SIGKILL).unwrap();
     peer.wait_exit();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_during_an_upgrade_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, socket) = control_socket(dir.path());
+    // Every generation takes 2 s to be ready: the upgrade's new process too.
+    let a = Proc::server(
+        dir.path(),
+        "a",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--control-socket",
+            &socket,
+            "--ready-delay",
+            "2s",
+        ],
+    );
+    let addr = a.wait_ready(1);
+    let upgrade = Command::new(SERVER)
+        .args(["upgrade", "--control-socket", &socket, "--timeout", "30s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    a.wait_log("new generation started; waiting until it is ready");
+    let mut b = Proc::server(
+        dir.path(),
+        "b",
+        &["--addr", "127.0.0.1:0", "--takeover", &socket],
+    );
+    assert!(!b.wait_exit().success());
+    let in_progress = format!(
+        "it refused: an upgrade is already in progress in this process (pid {})",
+        a.pid()
+    );
+    assert!(b.stderr().contains(&in_progress), "{}", b.stderr());
+    let upgraded = tokio::task::spawn_blocking(move || upgrade.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        upgraded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upgraded.stderr)
+    );
+    let new = String::from_utf8_lossy(&upgraded.stdout);
+    let new: u32 = new
+        .trim()
+        .strip_prefix("upgraded pid=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(hello(addr).await, new);
+    // The upgrade's new process joined the old one's group at ready: the group's end ends it.
 }
