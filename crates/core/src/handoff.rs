@@ -26,7 +26,7 @@
 //! [`Frame::Listeners`] travels on another connection: a takeover's, where a process that the
 //! running one did not start asks for its sockets on the control socket (`takeover.rs`). The
 //! names are the `LISTEN_FDNAMES` names an upgrade would pass, one per descriptor, at most
-//! [`sys::MAX_FDS_PER_MESSAGE`] per frame; more take several frames.
+//! [`MAX_STATE_FDS`] (253) per frame; more take several frames.
 //!
 //! Every size is bounded ([`MAX_STATE_BYTES`], [`MAX_STATE_FDS`], [`MAX_TAG`],
 //! [`MAX_RECORD`]); a frame over a bound is a protocol error that ends the channel.

@@ -44,6 +44,16 @@
 //! the right family and type, listening, bound to the asked address); otherwise the call that
 //! asked for it fails with [`Error::Mismatch`].
 //!
+//! # Takeover without a parent
+//!
+//! A process that the running server did not start (a second instance of a template unit, a
+//! second container sharing the control socket's volume) can take over too:
+//! [`Builder::takeover`] asks the server at a control socket for its descriptors, which come
+//! over SCM_RIGHTS with their names and are adopted with the same checks, and
+//! [`Upgrader::ready`] returns once that server has stopped accepting. The running side answers
+//! with [`Upgrader::yield_to`]; from then on it is an upgrade, probation and rollback
+//! included, except that the old process never kills the new one, which it did not start.
+//!
 //! # Generations
 //!
 //! A new generation may be upgraded as soon as it is ready, even while older ones are still

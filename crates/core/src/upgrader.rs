@@ -238,7 +238,10 @@ impl Upgrader {
     /// # Errors
     ///
     /// [`Error::PidFile`] if the PID file cannot be written. The previous generation is then
-    /// not told, so it keeps serving; `ready` may be called again.
+    /// not told, so it keeps serving; `ready` may be called again. After a
+    /// [`takeover`](crate::Builder::takeover), [`Error::Takeover`] if the server taken over
+    /// from did not yield (it gave up waiting, or stopped): it serves on, and this process
+    /// must exit; `ready` fails the same way from then on.
     pub fn ready(&self) -> Result<()> {
         let inner = &self.inner;
         let mut state = inner.state();
