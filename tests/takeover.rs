@@ -692,3 +692,35 @@ async fn a_takeover_during_an_upgrade_is_refused() {
     assert_eq!(hello(addr).await, new);
     // The upgrade's new process joined the old one's group at ready: the group's end ends it.
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_takeover_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, socket) = control_socket(dir.path());
+    let mut a = Proc::server(
+        dir.path(),
+        "a",
+        &["--addr", "127.0.0.1:0", "--control-socket", &socket],
+    );
+    a.wait_ready(1);
+    let mut slow = Proc::server(
+        dir.path(),
+        "slow",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--takeover",
+            &socket,
+            "--ready-delay",
+            "2s",
+        ],
+    );
+    a.wait_log(&format!("successor_pid={}", slow.pid()));
+    process::signal(a.pid(), Signal::SIGTERM).unwrap();
+    // At once, not at the upgrade timeout (60 s).
+    assert!(a.wait_exit().success(), "{}", a.stderr());
+    a.wait_log("takeover cancelled by the stop");
+    // The new process, once warm, finds nobody to yield and does not serve.
+    assert!(!slow.wait_exit().success(), "{}", slow.stderr());
+    assert!(slow.stderr().contains("did not yield"), "{}", slow.stderr());
+}
