@@ -712,15 +712,15 @@ async fn a_stop_during_a_takeover_wins() {
             "--takeover",
             &socket,
             "--ready-delay",
-            "2s",
+            "60s",
         ],
     );
     a.wait_log(&format!("successor_pid={}", slow.pid()));
     process::signal(a.pid(), Signal::SIGTERM).unwrap();
-    // At once, not at the upgrade timeout (60 s).
+    // At once: neither at the upgrade timeout (60 s) nor when the new process is ready.
     assert!(a.wait_exit().success(), "{}", a.stderr());
     a.wait_log("takeover cancelled by the stop");
-    // The new process, once warm, finds nobody to yield and does not serve.
-    assert!(!slow.wait_exit().success(), "{}", slow.stderr());
-    assert!(slow.stderr().contains("did not yield"), "{}", slow.stderr());
+    // It got nothing to yield to; warm in 60 s, it would exit then ("did not yield").
+    process::signal(slow.pid(), Signal::SIGKILL).unwrap();
+    slow.wait_exit();
 }

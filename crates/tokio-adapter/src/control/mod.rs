@@ -25,8 +25,8 @@
 //! `takeover` is answered by [`Upgrader::yield_to`](graceful_core::Upgrader::yield_to): the
 //! asking process must be of the same user or root, gets the listening sockets over
 //! SCM_RIGHTS, and reports ready on the same connection; one upgrade or takeover runs at a
-//! time. Its connection is not counted by the drain: it lives as long as the link between the
-//! two generations.
+//! time. Its connection is counted by the drain until the takeover has succeeded or failed (a
+//! stop cuts it short at once), not after: it is then the link between the two generations.
 //!
 //! `rollback` is for a deploy that sees the new build misbehave within the previous
 //! generation's probation (see [`Builder::probation`](crate::Builder::probation)): the previous

@@ -132,9 +132,10 @@ async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream
 
 /// Hands this generation's sockets to the process that asked for them on `stream`; the
 /// upgrader answers on the connection itself, which from then on is the link between the two.
-/// It is no longer counted by the drain: it lives as long as that link.
 async fn take_over(graceful: &Graceful, stream: TrackedStream<tokio::net::UnixStream>) {
-    let (stream, _untracked) = stream.into_parts();
+    // Counted by the drain while the takeover is under way, as any request being answered;
+    // from then on it is the link, which lives as long as the two generations do.
+    let (stream, guard) = stream.into_parts();
     let connection = stream.into_std().and_then(|stream| {
         // The upgrader reads it blocking; only this process holds this end.
         stream.set_nonblocking(false)?;
@@ -148,7 +149,9 @@ async fn take_over(graceful: &Graceful, stream: TrackedStream<tokio::net::UnixSt
         }
     };
     let upgrader = graceful.upgrader().clone();
-    match run_blocking("graceful-takeover", move || upgrader.yield_to(connection)).await {
+    let outcome = run_blocking("graceful-takeover", move || upgrader.yield_to(connection)).await;
+    drop(guard);
+    match outcome {
         Ok(pid) => tracing::info!(successor_pid = pid, "taken over on the control socket"),
         // Logged by the upgrader, with the reason.
         Err(err) => tracing::debug!(%err, "takeover on the control socket did not happen"),
