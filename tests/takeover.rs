@@ -222,6 +222,8 @@ fn control_socket(dir: &Path) -> (PathBuf, String) {
 async fn a_second_process_takes_over_without_a_refused_connection() {
     let dir = tempfile::tempdir().unwrap();
     let (_, socket) = control_socket(dir.path());
+    // One command line for every process: the first finds nothing at the control socket and
+    // binds (`--takeover` implies `--control-socket`); each later one takes over.
     let common = [
         "--addr",
         "127.0.0.1:0",
@@ -229,12 +231,10 @@ async fn a_second_process_takes_over_without_a_refused_connection() {
         "1s",
         "--drain-timeout",
         "5s",
+        "--takeover",
+        &socket,
     ];
-    let mut a = Proc::server(
-        dir.path(),
-        "a",
-        &[&common[..], &["--control-socket", &socket]].concat(),
-    );
+    let mut a = Proc::server(dir.path(), "a", &common);
     let addr = a.wait_ready(1);
     let load = Load::none()
         .short_http(2)
@@ -243,11 +243,7 @@ async fn a_second_process_takes_over_without_a_refused_connection() {
         .start(addr);
     load.warmed_up().await;
 
-    let b = Proc::server(
-        dir.path(),
-        "b",
-        &[&common[..], &["--takeover", &socket]].concat(),
-    );
+    let b = Proc::server(dir.path(), "b", &common);
     assert_eq!(b.wait_ready(2), addr, "the same listener, taken over");
     a.wait_line(&format!("stopped pid={} successor={}", a.pid(), b.pid()));
     a.wait_line(&format!("exited pid={}", a.pid()));
@@ -275,11 +271,7 @@ async fn a_second_process_takes_over_without_a_refused_connection() {
     assert_eq!(hello(addr).await, b.pid());
 
     // It answers on the control socket it took over: the next one takes over from it.
-    let c = Proc::server(
-        dir.path(),
-        "c",
-        &[&common[..], &["--takeover", &socket]].concat(),
-    );
+    let c = Proc::server(dir.path(), "c", &common);
     assert_eq!(c.wait_ready(3), addr);
     assert_eq!(hello(addr).await, c.pid());
 }
@@ -510,7 +502,7 @@ async fn an_upgrade_or_a_second_takeover_during_a_takeover_is_refused() {
 }
 
 #[test]
-fn another_user_may_not_take_over_even_through_an_open_socket_file() {
+fn another_user_may_not_take_over_nor_be_taken_over_from() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { nix::libc::geteuid() } != 0 {
         eprintln!("skipped: needs root to run a process as another user");
@@ -541,6 +533,35 @@ fn another_user_may_not_take_over_even_through_an_open_socket_file() {
     );
     process::signal(peer.pid(), Signal::SIGKILL).unwrap();
     peer.wait_exit();
+
+    // The other way round: a new process does not adopt the sockets of another user's server.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (path, socket) = control_socket(dir.path());
+    let args = ["--addr", "127.0.0.1:0", "--control-socket", &socket];
+    let nobody = Proc::spawn(
+        dir.path(),
+        "nobody",
+        Command::new(SERVER).args(args).uid(65534).gid(65534),
+    );
+    nobody.wait_ready(1);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut other = Proc::spawn(
+        dir.path(),
+        "other",
+        Command::new(SERVER)
+            .args(["--addr", "127.0.0.1:0", "--takeover", &socket])
+            .uid(65533)
+            .gid(65533),
+    );
+    assert!(!other.wait_exit().success());
+    assert!(
+        other.stderr().contains(
+            "it runs as uid 65534; only a server of uid 65533 or root is taken over from"
+        ),
+        "{}",
+        other.stderr()
+    );
 }
 
 /// Plays the old server by hand, on a socket of this test's: it hands a listener over, hears
