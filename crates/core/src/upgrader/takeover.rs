@@ -172,26 +172,27 @@ impl Inner {
 
     /// Sends the registry's descriptors on `link`, in as many frames as they need.
     fn send_listeners(&self, link: BorrowedFd<'_>, deadline: Instant) -> std::io::Result<usize> {
-        let registry = self.registry();
-        let (names, raw) = registry.handover();
-        sys::send_all(
-            link,
-            Granted {
-                pid: self.pid,
-                generation: self.generation,
-                count: names.len(),
-            }
-            .encode()
-            .as_bytes(),
-        )?;
-        let chunk = sys::MAX_FDS_PER_MESSAGE;
-        for (names, raw) in names.chunks(chunk).zip(raw.chunks(chunk)) {
+        // Our own duplicates, so that a slow reader never holds the registry's lock.
+        let (names, fds) = {
+            let registry = self.registry();
+            let (names, raw) = registry.handover();
             let fds = raw
-                .iter()
-                // SAFETY: the registry owns these descriptors, and its lock, held until the
-                // frames have gone, keeps them open.
-                .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) })
-                .collect();
+                .into_iter()
+                // SAFETY: the registry owns these descriptors and keeps them open while its
+                // lock is held.
+                .map(|fd| sys::dup_cloexec(unsafe { BorrowedFd::borrow_raw(fd) }))
+                .collect::<std::io::Result<Vec<OwnedFd>>>()?;
+            (names, fds)
+        };
+        let granted = Granted {
+            pid: self.pid,
+            generation: self.generation,
+            count: names.len(),
+        };
+        sys::send_all(link, granted.encode().as_bytes())?;
+        let chunk = sys::MAX_FDS_PER_MESSAGE;
+        for (names, fds) in names.chunks(chunk).zip(fds.chunks(chunk)) {
+            let fds = fds.iter().map(AsFd::as_fd).collect();
             OutFrame::listeners(names, fds)?.send_until(link, deadline)?;
         }
         Ok(names.len())
