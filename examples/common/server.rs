@@ -29,9 +29,14 @@ pub(crate) struct Config {
     /// Whether long-lived connections and state are handed to the next generation
     /// (`--handoff on`, the default) or closed at a boundary for their clients to reconnect.
     pub(crate) handoff: bool,
+    /// How long to wait, sockets adopted, before reporting ready (`--ready-delay`): a slow
+    /// start, such as a cache warm-up, during which the previous generation serves on.
+    pub(crate) ready_delay: Duration,
     fd_name: Option<String>,
     pid_file: Option<String>,
     control_socket: Option<String>,
+    /// A running server's control socket to take over from (`--takeover PATH`).
+    takeover: Option<String>,
     upgrade_timeout: Duration,
     probation: Option<Duration>,
     /// The values of the binary's own options, by name.
@@ -58,8 +63,13 @@ impl Config {
         if let Some(max) = self.fd_store_max {
             builder = builder.fd_store_max(max);
         }
-        if let Some(control_socket) = &self.control_socket {
+        // A process that took over answers on the control socket it took over, unless told
+        // otherwise: the next one can take over from it the same way.
+        if let Some(control_socket) = self.control_socket.as_ref().or(self.takeover.as_ref()) {
             builder = builder.control_socket(control_socket);
+        }
+        if let Some(path) = &self.takeover {
+            builder = builder.takeover(path);
         }
         builder.install()
     }
@@ -108,8 +118,9 @@ where
         .collect();
     let usage = format!(
         "usage: {name} [--addr {default_addr} | --fd-name NAME] [--pid-file PATH] \
-         [--control-socket PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] \
-         [--probation 5s] [--handoff on|off] [--fd-store-max N]{extra_usage}\n       \
+         [--control-socket PATH] [--takeover PATH] [--upgrade-timeout 60s] \
+         [--drain-timeout 30s] [--probation 5s] [--handoff on|off] [--ready-delay 0s] \
+         [--fd-store-max N]{extra_usage}\n       \
          {name} upgrade --control-socket PATH [--timeout 90s]\n       \
          {name} rollback --control-socket PATH [--timeout 90s]\n       \
          {name} status --control-socket PATH [--timeout 90s]"
@@ -153,6 +164,8 @@ fn config(
         "probation",
         "handoff",
         "fd-store-max",
+        "takeover",
+        "ready-delay",
     ];
     known.extend_from_slice(extra);
     let flags = Flags::parse_from(args, &known)?;
@@ -164,8 +177,10 @@ fn config(
         fd_name: flags.text("fd-name"),
         pid_file: flags.text("pid-file"),
         control_socket: flags.text("control-socket"),
+        takeover: flags.text("takeover"),
         upgrade_timeout: flags.duration("upgrade-timeout", Duration::from_secs(60))?,
         drain_timeout: flags.duration("drain-timeout", Duration::from_secs(30))?,
+        ready_delay: flags.duration("ready-delay", Duration::ZERO)?,
         handoff: match flags.text("handoff").as_deref() {
             None | Some("on") => true,
             Some("off") => false,

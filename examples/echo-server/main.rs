@@ -3,11 +3,16 @@
 //!
 //! ```text
 //! echo-server [--addr 127.0.0.1:7000 | --fd-name NAME] [--pid-file PATH] [--control-socket PATH]
-//!             [--upgrade-timeout 60s] [--drain-timeout 30s] [--probation 5s] [--handoff on|off]
-//!             [--udp 127.0.0.1:7000]
+//!             [--takeover PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] [--probation 5s]
+//!             [--handoff on|off] [--ready-delay 0s] [--udp 127.0.0.1:7000]
 //! echo-server upgrade --control-socket PATH [--timeout 90s]
 //! echo-server status --control-socket PATH [--timeout 90s]
 //! ```
+//!
+//! `--takeover PATH` takes over from a running echo-server whose control socket is at PATH,
+//! without being its child (see `http-server`). Sessions and the line count are not handed
+//! over then: the old process closes each session at a line boundary, and the count starts
+//! again.
 //!
 //! Each line is answered with the line and the pid that answered: `hello` gets `hello 4242`. A
 //! line `sleep <ms>` is answered after that many milliseconds, to play a slow request. A line
@@ -113,6 +118,8 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
         Some(udp_addr) => Some(graceful.udp(udp_addr).await?),
         None => None,
     };
+    // A slow start (`--ready-delay`): the previous generation serves meanwhile.
+    tokio::time::sleep(config.ready_delay).await;
     graceful.ready()?;
     let datagrams = match udp {
         Some(socket) => {

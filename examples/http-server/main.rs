@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! http-server [--addr 127.0.0.1:8080 | --fd-name NAME] [--pid-file PATH] [--control-socket PATH]
-//!             [--upgrade-timeout 60s] [--drain-timeout 30s] [--probation 5s] [--handoff on|off]
-//!             [--fd-store-max N]
+//!             [--takeover PATH] [--upgrade-timeout 60s] [--drain-timeout 30s] [--probation 5s]
+//!             [--handoff on|off] [--ready-delay 0s] [--fd-store-max N]
 //! http-server upgrade --control-socket PATH [--timeout 90s]
 //! ```
 //!
@@ -20,6 +20,9 @@
 //!   it; `--handoff off` turns it off): the next request on the same connection is answered by
 //!   the new pid.
 //!
+//! `--ready-delay 2s` waits that long, sockets adopted, before reporting ready: a slow start, for
+//! seeing (and testing) that the previous generation serves meanwhile.
+//!
 //! `kill -HUP` upgrades it; SIGTERM stops it. Like `echo-server`, each generation prints
 //! `ready pid=… generation=… addr=…` when it serves, `stopped pid=… successor=…` when it stops
 //! accepting and `exited pid=… …` when it exits.
@@ -28,7 +31,16 @@
 //! reports the outcome: `upgraded pid=… generation=… version=… build=…` (what the new
 //! generation runs) and exit status 0 once it serves, or the reason and status 1;
 //! `http-server status --control-socket PATH` prints `serving pid=… generation=… version=…
-//! build=…`. Under systemd, a socket passed by socket activation is adopted: the
+//! build=…`.
+//!
+//! `--takeover PATH` takes over from the server whose control socket is at PATH, a server this
+//! process was not started by: start a second `http-server --takeover PATH` (in another
+//! terminal, another unit, another container sharing the socket's directory) and it receives
+//! that server's listening sockets, serves on them, and the first one stops accepting, drains
+//! and exits, as after an upgrade (with its probation: if the new one dies within it, the old
+//! one serves again). Nothing serving at PATH is a first start. The process then answers on
+//! PATH itself (unless `--control-socket` names another path), so the next one can take over
+//! from it. Under systemd, a socket passed by socket activation is adopted: the
 //! one bound to `--addr`, or the one named `--fd-name` (the socket unit's
 //! `FileDescriptorName=`); see `examples/systemd/`. With `--fd-store-max N` (the unit's
 //! `FileDescriptorStoreMax=`, for systemd before 254, which does not set `$FDSTORE`), the
@@ -113,6 +125,8 @@ async fn serve(config: server::Config) -> Result<(), graceful::Error> {
             }
         });
     }
+    // A slow start (`--ready-delay`): the previous generation serves meanwhile.
+    tokio::time::sleep(config.ready_delay).await;
     // Serving has started; the previous generation may stop now.
     graceful.ready()?;
     server::print_ready(&graceful, addr);

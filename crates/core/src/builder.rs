@@ -25,6 +25,7 @@ use crate::registry::Registry;
 use crate::report;
 use crate::spawn;
 use crate::sys;
+use crate::takeover;
 use crate::upgrader::{Config, Parts, Upgrader};
 
 /// Set once an upgrader exists in this process: one upgrader per process, because it owns the
@@ -59,6 +60,7 @@ pub struct Builder {
     version: Option<String>,
     build_id: Option<String>,
     fd_store_max: Option<usize>,
+    takeover: Option<PathBuf>,
 }
 
 impl Default for Builder {
@@ -73,6 +75,7 @@ impl Default for Builder {
             version: None,
             build_id: None,
             fd_store_max: None,
+            takeover: None,
         }
     }
 }
@@ -166,6 +169,33 @@ impl Builder {
         self
     }
 
+    /// Takes over from the server whose control socket is at `path`, if one serves there: a
+    /// process that no running server started (a second instance of a systemd template unit,
+    /// a container entrypoint sharing a volume with the running one, a supervisor) gets its
+    /// sockets, adopts them as a new generation started by an upgrade would, and serves once
+    /// [`Upgrader::ready`] returns; only then does the running server stop accepting and
+    /// drain, with its probation. Default: none.
+    ///
+    /// At build, the upgrader connects to `path`, asks `takeover`, and receives the running
+    /// server's descriptors over SCM_RIGHTS, with their names (see `takeover.rs` for the
+    /// conversation); sockets asked for later are found among them exactly as inherited ones
+    /// are, with the same checks. [`Upgrader::ready`] then tells the running server, and
+    /// returns once it has stopped accepting; if it gave up meanwhile (its upgrade timeout),
+    /// `ready` fails with [`Error::Takeover`] and this process must exit.
+    ///
+    /// Nothing at `path` (no socket file, or nobody listening on it) is a first start: the
+    /// build goes on with nothing inherited, and sockets are bound. A process started by an
+    /// upgrade (it has a link to its parent) ignores the setting, so the same command line
+    /// serves for every generation. The running server must be of the same user, or root,
+    /// and answer `takeover` (the tokio adapter's control socket does, through
+    /// [`Upgrader::yield_to`]).
+    ///
+    /// The build waits for the running server's answer for the upgrade timeout at most.
+    pub fn takeover(mut self, path: impl Into<PathBuf>) -> Self {
+        self.takeover = Some(path.into());
+        self
+    }
+
     /// The `listen(2)` backlog of listeners this process creates. Default: 1024.
     pub fn listen_backlog(mut self, backlog: u32) -> Self {
         self.listen_backlog = backlog;
@@ -192,7 +222,8 @@ impl Builder {
     /// [`Error::InheritedFdMissing`] or [`Error::NotInherited`] if the inheritance environment
     /// is malformed or announces descriptors that were not inherited;
     /// [`Error::InvalidConfig`] for out-of-range settings (a version or build id too long
-    /// among them).
+    /// among them); [`Error::Takeover`] if a [`takeover`](Self::takeover) was asked for and the
+    /// running server could not be taken over from.
     pub fn build(self) -> Result<Upgrader> {
         let backlog = sys::backlog(self.listen_backlog).ok_or_else(|| {
             Error::InvalidConfig(format!(
@@ -233,6 +264,7 @@ impl Builder {
     }
 
     fn build_inner(self, pid: u32, backlog: sys::Backlog) -> Result<Upgrader> {
+        let mut pending_takeover = None;
         let cwd = std::env::current_dir().ok();
         let executable = match self.executable {
             Some(path) => match &cwd {
@@ -250,22 +282,54 @@ impl Builder {
         )
         .ok_or_else(|| Error::InvalidConfig("the build identity is too long".into()))?;
         let inherited = env::take_once(pid)?;
-        let (fds, link, handoff, generation, join_pgid) = match inherited {
-            Some(i) => (i.fds, i.link, i.handoff, i.generation, i.pgid),
-            None => (Vec::new(), None, None, 1, None),
+        let taken = match (&inherited, &self.takeover) {
+            (_, None) => None,
+            (Some(i), Some(path)) if i.link.is_some() => {
+                tracing::debug!(
+                    path = %path.display(),
+                    "started by an upgrade: not taking over from the control socket"
+                );
+                None
+            }
+            (Some(i), Some(path)) if !i.fds.is_empty() => {
+                return Err(Error::InvalidConfig(format!(
+                    "takeover({}) and the {} descriptors passed by the service manager \
+                     (LISTEN_FDS) exclude each other",
+                    path.display(),
+                    i.fds.len()
+                )));
+            }
+            (_, Some(path)) => takeover::request(path, self.upgrade_timeout)?,
         };
+        let (fds, link, handoff, generation, join_pgid) = match (inherited, taken) {
+            (_, Some(taken)) => {
+                let pending = crate::upgrader::takeover::Pending::new(&taken)
+                    .map_err(|e| Error::io("duplicating the takeover's link", e))?;
+                pending_takeover = Some((pending, taken.previous));
+                (taken.fds, Some(taken.link), None, taken.generation, None)
+            }
+            (Some(i), None) => (i.fds, i.link, i.handoff, i.generation, i.pgid),
+            (None, None) => (Vec::new(), None, None, 1, None),
+        };
+        // After a takeover, the parent watcher starts once the previous generation yields.
         let parent_reader = link
             .as_ref()
+            .filter(|_| pending_takeover.is_none())
             .map(|l| sys::dup_cloexec(l.as_fd()))
             .transpose()
             .map_err(|e| Error::io("duplicating the parent link", e))?;
         // The link's creator, as the kernel recorded it: getppid() would name a subreaper if
-        // the parent had exited already.
-        let parent_pid = link
-            .as_ref()
-            .map(|l| sys::peer_pid(l.as_fd()))
-            .transpose()
-            .map_err(|e| Error::io("reading the parent's pid from the link", e))?;
+        // the parent had exited already. A takeover's link was created by whoever listened on
+        // the control socket first, maybe an older generation: the server names itself.
+        let took_over = pending_takeover.is_some();
+        let parent_pid = match &pending_takeover {
+            Some((_, previous)) => Some(*previous),
+            None => link
+                .as_ref()
+                .map(|l| sys::peer_pid(l.as_fd()))
+                .transpose()
+                .map_err(|e| Error::io("reading the parent's pid from the link", e))?,
+        };
 
         let store = Arc::new(FdStore::from_env(
             |key| std::env::var_os(key),
@@ -301,6 +365,7 @@ impl Builder {
                 report,
                 parent_link: link,
                 parent_handoff: handoff,
+                takeover: pending_takeover.map(|(pending, _)| pending),
             },
             parent_reader,
         )?;
@@ -309,7 +374,7 @@ impl Builder {
                 .parent_exited()
                 .on_set(move || store.main_process());
         }
-        if parent_pid.is_some() {
+        if parent_pid.is_some() && !took_over {
             tracing::info!(
                 pid,
                 parent_pid,

@@ -182,6 +182,48 @@ pub enum Error {
         reason: String,
     },
 
+    /// Taking over from the server at a control socket failed, in the process that asked
+    /// (see [`Builder::takeover`](crate::Builder::takeover)): it refused, it went away, or it
+    /// gave up waiting. That server serves on; this process must not.
+    #[error("cannot take over from the server at {}: {problem}", path.display())]
+    Takeover {
+        /// The control socket asked.
+        path: PathBuf,
+        /// What happened.
+        problem: String,
+    },
+
+    /// A process of another user asked this one to hand its sockets over; only the same user
+    /// or root may. Nothing was sent.
+    #[error(
+        "pid {peer_pid} (uid {peer_uid}) may not take over from pid {pid}: only uid {uid} or \
+         root may"
+    )]
+    TakeoverForbidden {
+        /// This process.
+        pid: u32,
+        /// The process that asked.
+        peer_pid: u32,
+        /// Its user.
+        peer_uid: u32,
+        /// This process's user.
+        uid: u32,
+    },
+
+    /// A process that took this one's sockets over did not report ready: it exited, closed
+    /// the connection, or was not ready within the upgrade timeout. This process serves on;
+    /// the other one was not started by it and is not killed (see
+    /// [`Upgrader::yield_to`](crate::Upgrader::yield_to)).
+    #[error("the takeover of pid {pid} by pid {successor} failed: {problem}; pid {pid} serves on")]
+    TakeoverFailed {
+        /// This process.
+        pid: u32,
+        /// The process that asked to take over.
+        successor: u32,
+        /// What happened.
+        problem: String,
+    },
+
     /// The new binary could not be started (missing, not executable, bad working directory…).
     #[error("cannot start {}: {stage} failed: {source}", executable.display())]
     Spawn {

@@ -22,6 +22,12 @@
 //! | [`Frame::NoState`] | old | none | none |
 //! | [`Frame::StateFailed`] | old | why, UTF-8 | none |
 //! | [`Frame::Connection`] | old | tag length (u8), tag, record | the connection |
+//! | [`Frame::Listeners`] | old | per descriptor: name length (u8), name | the listeners |
+//!
+//! [`Frame::Listeners`] travels on another connection: a takeover's, where a process that the
+//! running one did not start asks for its sockets on the control socket (`takeover.rs`). The
+//! names are the `LISTEN_FDNAMES` names an upgrade would pass, one per descriptor, at most
+//! [`MAX_STATE_FDS`] (253) per frame; more take several frames.
 //!
 //! Every size is bounded ([`MAX_STATE_BYTES`], [`MAX_STATE_FDS`], [`MAX_TAG`],
 //! [`MAX_RECORD`]); a frame over a bound is a protocol error that ends the channel.
@@ -95,10 +101,13 @@ const HEADER: usize = 8;
 const STATE_REQUEST: u8 = 1;
 const STATE: u8 = 2;
 const NO_STATE: u8 = 3;
-const STATE_FAILED: u8 = 5;
+const STATE_FAILED: u8 = 6;
 /// The longest reason a failed save is told with.
 const MAX_REASON: usize = 1024;
 const CONNECTION: u8 = 4;
+const LISTENERS: u8 = 5;
+/// The longest name of a handed-over listener (systemd's bound for `LISTEN_FDNAMES`).
+const MAX_NAME: usize = crate::name::MAX_LEN;
 
 /// One message of the hand-off channel.
 #[non_exhaustive]
@@ -136,6 +145,14 @@ pub enum Frame {
         /// Its tag.
         tag: String,
     },
+    /// Listening sockets (and the other descriptors a generation hands over), with the names
+    /// an upgrade would pass them under in `LISTEN_FDNAMES`: a takeover's answer.
+    Listeners {
+        /// One name per descriptor, in order.
+        names: Vec<String>,
+        /// The descriptors.
+        fds: Vec<OwnedFd>,
+    },
 }
 
 impl fmt::Debug for Frame {
@@ -166,6 +183,11 @@ impl fmt::Debug for Frame {
             Frame::LostConnection { tag } => {
                 f.debug_struct("LostConnection").field("tag", tag).finish()
             }
+            Frame::Listeners { names, fds } => f
+                .debug_struct("Listeners")
+                .field("names", names)
+                .field("fds", &fds.len())
+                .finish(),
         }
     }
 }
@@ -317,6 +339,38 @@ impl<'a> OutFrame<'a> {
     /// How many of its bytes have gone out.
     pub fn sent(&self) -> usize {
         self.sent
+    }
+
+    /// Listening sockets `fds` under `names`, one name each, for a takeover.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` when the counts differ, there are more than
+    /// [`sys::MAX_FDS_PER_MESSAGE`], or a name is empty or longer than 255 bytes.
+    pub(crate) fn listeners(names: &[String], fds: Vec<BorrowedFd<'a>>) -> io::Result<Self> {
+        if names.len() != fds.len() || fds.len() > sys::MAX_FDS_PER_MESSAGE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} names for {} descriptors; one each, at most {} per frame",
+                    names.len(),
+                    fds.len(),
+                    sys::MAX_FDS_PER_MESSAGE
+                ),
+            ));
+        }
+        let mut payload = Vec::new();
+        for name in names {
+            if name.is_empty() || name.len() > MAX_NAME {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("a listener's name has 1 to {MAX_NAME} bytes; {name:?} does not"),
+                ));
+            }
+            payload.push(name.len() as u8);
+            payload.extend_from_slice(name.as_bytes());
+        }
+        Ok(OutFrame::new(LISTENERS, &[&payload], fds))
     }
 
     /// Whether any of it has gone out. From then on it must be finished: the channel carries
@@ -485,6 +539,10 @@ impl FrameReader {
             STATE_FAILED => (MAX_REASON, 0),
             STATE => (4 + MAX_STATE_BYTES, MAX_STATE_FDS),
             CONNECTION => (1 + MAX_TAG + MAX_RECORD, 1),
+            LISTENERS => (
+                sys::MAX_FDS_PER_MESSAGE * (1 + MAX_NAME),
+                sys::MAX_FDS_PER_MESSAGE,
+            ),
             other => return Err(invalid(format!("unknown hand-off frame kind {other}"))),
         };
         if buf[1] != 0 || len > max_len || nfds > max_fds {
@@ -530,6 +588,24 @@ impl FrameReader {
                     fds,
                 }
             }
+            LISTENERS => {
+                if lost {
+                    return Err(invalid(format!(
+                        "a listeners frame lost {} of its {nfds} descriptors on the way (is \
+                         this process at its descriptor limit?)",
+                        nfds - fds.len()
+                    )));
+                }
+                let names = listener_names(&payload)?;
+                if names.len() != fds.len() {
+                    return Err(invalid(format!(
+                        "a listeners frame names {} descriptors and carries {}",
+                        names.len(),
+                        fds.len()
+                    )));
+                }
+                Frame::Listeners { names, fds }
+            }
             _ => {
                 let tag_len = usize::from(*payload.first().unwrap_or(&0));
                 let tag = payload
@@ -551,6 +627,29 @@ impl FrameReader {
             }
         }))
     }
+}
+
+impl FrameReader {
+    /// Whether nothing is left over: no bytes or descriptors past the last frame read.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.buf.is_empty() && self.fds.is_empty()
+    }
+}
+
+/// The names of a listeners frame: each a length byte and that many bytes of UTF-8.
+fn listener_names(mut payload: &[u8]) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    while let Some((&len, rest)) = payload.split_first() {
+        let len = usize::from(len);
+        let name = rest
+            .get(..len)
+            .filter(|name| !name.is_empty())
+            .and_then(|name| std::str::from_utf8(name).ok())
+            .ok_or_else(|| invalid("a listeners frame with a name cut short or not UTF-8"))?;
+        names.push(name.to_owned());
+        payload = &rest[len..];
+    }
+    Ok(names)
 }
 
 /// Both ends of a new channel, close-on-exec.
@@ -735,6 +834,56 @@ mod tests {
             .unwrap_err();
         assert!(
             err.to_string().contains("in the middle of a frame"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn listeners_cross_with_their_names() {
+        let (a, b) = channel().unwrap();
+        let (x, _x_peer) = sys::socketpair().unwrap();
+        let (y, _y_peer) = sys::socketpair().unwrap();
+        let names = vec![
+            "tcp/127.0.0.1%3A80".to_owned(),
+            "unix//run/c.sock".to_owned(),
+        ];
+        OutFrame::listeners(&names, vec![x.as_fd(), y.as_fd()])
+            .unwrap()
+            .send_until(a.as_fd(), soon())
+            .unwrap();
+        let mut reader = FrameReader::new();
+        match reader.next_until(b.as_fd(), soon()).unwrap() {
+            Some(Frame::Listeners { names: got, fds }) => {
+                assert_eq!(got, names);
+                assert_eq!(fds.len(), 2);
+                assert_eq!(sys::fd_cloexec(fds[1].as_raw_fd()), Some(true));
+            }
+            other => panic!("expected listeners, got {other:?}"),
+        }
+        assert!(reader.is_drained());
+        let err = OutFrame::listeners(&names, vec![x.as_fd()]).unwrap_err();
+        assert!(
+            err.to_string().contains("2 names for 1 descriptors"),
+            "{err}"
+        );
+        let err = OutFrame::listeners(&[String::new()], vec![x.as_fd()]).unwrap_err();
+        assert!(err.to_string().contains("1 to 255 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_listeners_frame_must_name_each_descriptor() {
+        let (a, b) = channel().unwrap();
+        let (x, _x_peer) = sys::socketpair().unwrap();
+        // Two descriptors, one name.
+        let mut frame = vec![LISTENERS, 0, 0, 2, 0, 0, 0, 2, 1, b'a'];
+        frame.truncate(10);
+        sys::send_with_fds(a.as_fd(), &frame, &[x.as_fd(), x.as_fd()]).unwrap();
+        let err = FrameReader::new()
+            .next_until(b.as_fd(), soon())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("names 1 descriptors and carries 2"),
             "{err}"
         );
     }

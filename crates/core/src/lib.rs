@@ -54,6 +54,16 @@
 //! all ([`Upgrader::successor_handoff`]). A process of an older build never asks and is sent
 //! nothing.
 //!
+//! # Takeover without a parent
+//!
+//! A process that the running server did not start (a second instance of a template unit, a
+//! second container sharing the control socket's volume) can take over too:
+//! [`Builder::takeover`] asks the server at a control socket for its descriptors, which come
+//! over SCM_RIGHTS with their names and are adopted with the same checks, and
+//! [`Upgrader::ready`] returns once that server has stopped accepting. The running side answers
+//! with [`Upgrader::yield_to`]; from then on it is an upgrade, probation and rollback
+//! included, except that the old process never kills the new one, which it did not start.
+//!
 //! # Generations
 //!
 //! A new generation may be upgraded as soon as it is ready, even while older ones are still
@@ -107,6 +117,7 @@ mod spawn;
 mod stage;
 mod successor;
 mod sys;
+mod takeover;
 mod upgrader;
 
 #[doc(hidden)]
@@ -118,4 +129,5 @@ pub use event::Event;
 pub use handoff::SavedState;
 pub use identity::{BuildIdentity, Successor};
 pub use stage::SpawnStage;
+pub use takeover::REQUEST as TAKEOVER_REQUEST;
 pub use upgrader::{Transition, Upgrader};

@@ -18,7 +18,7 @@
 //!   handled on that thread, in order.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -189,17 +189,43 @@ pub(crate) fn start_parent_watcher(
         .map(drop)
 }
 
+/// How the successor is related to this process, which decides how its end is seen.
+#[derive(Debug)]
+pub(crate) enum Kin {
+    /// Started by this process: reaped, and its process group killed if it dies on probation.
+    Child,
+    /// Started by someone else, and took over (`upgrader/takeover.rs`): it cannot be reaped,
+    /// its group is none of ours; its end is seen through this pidfd (none where there are no
+    /// pidfds: the end of the link counts as its end).
+    Stranger(Option<OwnedFd>),
+}
+
+impl Kin {
+    /// Waits until the successor `pid` has ended; how, as far as this process can know.
+    fn wait_ended(self, pid: u32) -> io::Result<String> {
+        match self {
+            Kin::Child => sys::wait_child(pid).map(|status| status.to_string()),
+            Kin::Stranger(Some(pidfd)) => {
+                while !sys::wait_readable(pidfd.as_fd(), Duration::from_secs(3600))? {}
+                Ok("its exit status is unknown: it is not a child of this process".into())
+            }
+            Kin::Stranger(None) => Ok("it closed the link; not a child of this process".into()),
+        }
+    }
+}
+
 /// Starts the thread that watches the successor `child` through its probation (until
 /// `probation_ends`), then counts the living descendants.
 pub(crate) fn start_child_watcher(
     generation: Arc<impl Generation>,
     child: u32,
+    kin: Kin,
     reader: Reader,
     probation_ends: Instant,
 ) -> io::Result<()> {
     std::thread::Builder::new()
         .name("graceful-child".into())
-        .spawn(move || watch_child(&*generation, child, reader, probation_ends))
+        .spawn(move || watch_child(&*generation, child, kin, reader, probation_ends))
         .map(drop)
 }
 
@@ -242,7 +268,13 @@ fn watch_parent(inner: &impl Generation, mut reader: Reader) {
 
 /// Runs on its own thread once replaced: watches the successor through its probation, then
 /// counts the living descendants.
-fn watch_child(inner: &impl Generation, child: u32, mut reader: Reader, probation_ends: Instant) {
+fn watch_child(
+    inner: &impl Generation,
+    child: u32,
+    kin: Kin,
+    mut reader: Reader,
+    probation_ends: Instant,
+) {
     let lineage = inner.lineage();
     // Whether the successor said it stops on purpose: its exit is then no failure.
     let mut child_stopping = false;
@@ -290,11 +322,14 @@ fn watch_child(inner: &impl Generation, child: u32, mut reader: Reader, probatio
     let had_successor = std::mem::take(&mut lineage.counts().descendants) > 1;
     lineage.report_descendants();
     // A rolled-back successor stops gracefully and ends here only once it has exited.
-    let status = sys::wait_child(child);
+    let ours = matches!(kin, Kin::Child);
+    let status = kin.wait_ended(child);
     if inner.on_probation_for(child) && !child_stopping {
         // It left its own group at ready(); what it started before (a wrapper's other
-        // children) may still be there, holding the sockets.
-        sys::kill_group(child);
+        // children) may still be there, holding the sockets. A stranger's group is not ours.
+        if ours {
+            sys::kill_group(child);
+        }
         let reason = match &status {
             Ok(status) => format!("pid {child} ended during its probation: {status}"),
             Err(err) => format!("pid {child} ended during its probation (not reaped: {err})"),

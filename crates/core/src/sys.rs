@@ -740,3 +740,117 @@ pub(crate) fn recv_with_fds(
     }
     Ok((bytes, truncated))
 }
+
+/// Who is at the other end of a connected Unix socket, as the kernel recorded it at `connect`
+/// (for the accepting side) or `listen` (for the connecting side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub(crate) pid: u32,
+    pub(crate) uid: u32,
+}
+
+/// The peer's credentials (SO_PEERCRED).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn peer(fd: BorrowedFd<'_>) -> io::Result<Peer> {
+    let creds = cvt(socket::getsockopt(&fd, sockopt::PeerCredentials))?;
+    Ok(Peer {
+        pid: u32::try_from(creds.pid()).map_err(|_| io::Error::other("the peer has no pid"))?,
+        uid: creds.uid(),
+    })
+}
+
+/// Elsewhere, the peer's uid alone (`getpeereid`); its pid is unknown (0).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn peer(fd: BorrowedFd<'_>) -> io::Result<Peer> {
+    let (uid, _) = cvt(nix::unistd::getpeereid(fd))?;
+    Ok(Peer {
+        pid: 0,
+        uid: uid.as_raw(),
+    })
+}
+
+/// This process's effective uid.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A pidfd of the process at the other end of a connected Unix socket, the one that connected:
+/// SO_PEERPIDFD (Linux 6.5) names that very process even if it has exited and its pid was
+/// reused since; before 6.5, `pidfd_open` on the pid SO_PEERCRED recorded.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn peer_pidfd(fd: BorrowedFd<'_>, pid: u32) -> io::Result<OwnedFd> {
+    /// Not in every libc yet; the same number on every Linux architecture.
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut raw: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the int it is given.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut raw).cast(),
+            &mut len,
+        )
+    };
+    if ret == 0 && raw >= 0 {
+        // SAFETY: the kernel has just installed this descriptor for us; nothing else owns it.
+        return Ok(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+    pidfd(pid)
+}
+
+/// Elsewhere there is no pidfd.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn peer_pidfd(_fd: BorrowedFd<'_>, _pid: u32) -> io::Result<OwnedFd> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Whether process `pid` is in the same control group as this one (`/proc/PID/cgroup`): under
+/// systemd, whether it belongs to the same unit. `false` when either cannot be read.
+pub(crate) fn same_cgroup(pid: u32) -> bool {
+    let ours = std::fs::read("/proc/self/cgroup");
+    let theirs = std::fs::read(format!("/proc/{pid}/cgroup"));
+    matches!((ours, theirs), (Ok(a), Ok(b)) if a == b)
+}
+
+/// Reads one line of at most `max` bytes from a stream socket, a byte at a time, so that
+/// nothing after the line is consumed (the descriptors of a frame that follows must be read
+/// with it), waiting until `deadline` at most. The line comes without its newline; `None` at
+/// end of file before any byte.
+pub(crate) fn read_line_exact(
+    fd: BorrowedFd<'_>,
+    deadline: std::time::Instant,
+    max: usize,
+) -> io::Result<Option<String>> {
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || !wait_readable(fd, left)? {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let mut byte = [0u8; 1];
+        match read(fd, &mut byte) {
+            Ok(0) if line.is_empty() => return Ok(None),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection closed in the middle of a line",
+                ));
+            }
+            Ok(_) if byte[0] == b'\n' => {
+                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+            }
+            Ok(_) if line.len() >= max => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a line longer than {max} bytes"),
+                ));
+            }
+            Ok(_) => line.push(byte[0]),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+}

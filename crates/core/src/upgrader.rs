@@ -48,6 +48,7 @@ use crate::sys;
 
 mod handoff;
 mod probation;
+pub(crate) mod takeover;
 
 /// Performs zero-downtime upgrades of this process: inherits or creates its sockets, reports
 /// readiness, and starts the next generation.
@@ -77,6 +78,9 @@ pub(crate) struct Parts {
     pub(crate) parent_link: Option<OwnedFd>,
     /// Our end of the hand-off channel to the parent, if it opened one.
     pub(crate) parent_handoff: Option<OwnedFd>,
+    /// A takeover to confirm at `ready` (`upgrader/takeover.rs`), if this process took its
+    /// sockets over from a running server.
+    pub(crate) takeover: Option<takeover::Pending>,
 }
 
 /// The settings an upgrader runs with, resolved by the build.
@@ -121,6 +125,7 @@ pub(crate) struct Inner {
     report: report::Channel,
     replaced: Event,
     handoffs: handoff::HandOffs,
+    takeover: takeover::Confirmation,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +198,7 @@ impl Upgrader {
             report: parts.report,
             replaced: Event::new(),
             handoffs: handoff::HandOffs::new(parts.parent_handoff),
+            takeover: takeover::Confirmation::new(parts.takeover),
         });
         // A parent that opened no hand-off channel is of a build that never says `paused`;
         // a process without a parent has nobody to wait for.
@@ -240,14 +246,24 @@ impl Upgrader {
     /// # Errors
     ///
     /// [`Error::PidFile`] if the PID file cannot be written. The previous generation is then
-    /// not told, so it keeps serving; `ready` may be called again.
+    /// not told, so it keeps serving; `ready` may be called again. After a
+    /// [`takeover`](crate::Builder::takeover), [`Error::Takeover`] if the server taken over
+    /// from did not yield (it gave up waiting, or stopped): it serves on, and this process
+    /// must exit; `ready` fails the same way from then on.
     pub fn ready(&self) -> Result<()> {
         let inner = &self.inner;
         let mut state = inner.state();
         if *state != State::Starting {
             return Ok(());
         }
-        if let Some(path) = &inner.config.pid_file {
+        inner.takeover.check_not_failed()?;
+        // After a takeover, once the previous generation has yielded (`confirm` writes it).
+        if let Some(path) = inner
+            .config
+            .pid_file
+            .as_ref()
+            .filter(|_| !inner.takeover.is_pending())
+        {
             pidfile::write(path, inner.pid).map_err(|source| Error::PidFile {
                 path: path.clone(),
                 source,
@@ -287,7 +303,12 @@ impl Upgrader {
         let _ = inner
             .lineage
             .tell_parent(&Message::Build(inner.config.build.clone()));
-        let told = inner.lineage.tell_parent(&Message::Ready);
+        let told = if inner.takeover.is_pending() {
+            inner.confirm_takeover()?;
+            Some(Ok(()))
+        } else {
+            inner.lineage.tell_parent(&Message::Ready)
+        };
         if let Some(Err(err)) = &told {
             tracing::warn!(
                 pid = inner.pid,
@@ -459,7 +480,9 @@ impl Upgrader {
                 reader
             }
         };
-        if let Err(err) = lineage::start_child_watcher(inner.clone(), child, reader, deadline) {
+        let kin = lineage::Kin::Child;
+        if let Err(err) = lineage::start_child_watcher(inner.clone(), child, kin, reader, deadline)
+        {
             tracing::warn!(%err, "cannot watch the new generation; its probation ends now");
             inner.retire(child, "the new generation cannot be watched");
         }

@@ -172,6 +172,34 @@ impl Builder {
         self
     }
 
+    /// Takes over from the server answering on the control socket at `path`, if one serves
+    /// there: this process, which that server did not start (a second instance of a systemd
+    /// template unit, a container entrypoint sharing a volume with the running one), receives
+    /// its listening sockets, adopts them as an upgrade's new generation would, and serves
+    /// once ready; only then does the running server stop accepting and drain, with its
+    /// probation. Nothing at `path` is a first start: the sockets are bound. See
+    /// [`graceful_core::Builder::takeover`].
+    ///
+    /// Give the same path to [`control_socket`](Self::control_socket) so that this process
+    /// answers there once it serves: the running server's control socket is among the sockets
+    /// taken over, and a later process can take over from this one the same way.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), graceful_tokio::Error> {
+    /// let path = "/run/my-server/control.sock";
+    /// graceful_tokio::Builder::new()
+    ///     .takeover(path)
+    ///     .control_socket(path)
+    ///     .install()?;
+    /// let listener = graceful_tokio::listen("127.0.0.1:8080").await?; // the running server's
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn takeover(mut self, path: impl Into<PathBuf>) -> Self {
+        self.core = self.core.takeover(path);
+        self
+    }
+
     /// Installs the process's handle and its signal handlers, and starts answering on the
     /// control socket if there is one; returns the handle.
     ///

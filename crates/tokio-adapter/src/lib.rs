@@ -40,7 +40,8 @@
 //!
 //! By default SIGHUP upgrades (the new binary at the path this one was started from takes
 //! over), and SIGTERM or SIGINT stop gracefully; [`Builder`] changes that, and adds a
-//! [`control`] socket on which an upgrade reports whether it worked. Under systemd, sockets
+//! [`control`] socket on which an upgrade reports whether it worked, and through which a process
+//! started by someone else can take the service over ([`Builder::takeover`]). Under systemd, sockets
 //! passed by socket activation are adopted, and upgrades are reported as reloads with the new
 //! main pid (see [`Upgrader::upgrade`]). A failed upgrade is logged with its reason and the
 //! server keeps serving as if nothing happened.

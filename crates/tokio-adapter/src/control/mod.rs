@@ -21,6 +21,11 @@
 //! -> status
 //! <- ok 4243                                  what serves now: the generation that answers
 //! <- serving pid=4243 generation=2 version=1.4.0 build=18093520@1764608980.123456789
+//!
+//! -> takeover                                a process the server did not start asks for its
+//! <- ok 4242 1 3, then 3 sockets              sockets (see `Builder::takeover`); the
+//!    …                                        connection then carries the readiness link
+//! <- error an upgrade is already in progress  refused; nothing changed
 //! ```
 //!
 //! The `serving` line names the generation's build identity, as it told its parent before it
@@ -30,6 +35,12 @@
 //! say. The first line is `ok PID` alone, as before the second line existed, so that older
 //! clients, which read the first line, still understand the answer; and a newer client reads
 //! an older server's one-line answer as the pid alone.
+//!
+//! `takeover` is answered by [`Upgrader::yield_to`](graceful_core::Upgrader::yield_to): the
+//! asking process must be of the same user or root, gets the listening sockets over
+//! SCM_RIGHTS, and reports ready on the same connection; one upgrade or takeover runs at a
+//! time. Its connection is counted by the drain until the takeover has succeeded or failed (a
+//! stop cuts it short at once), not after: it is then the link between the two generations.
 //!
 //! `rollback` is for a deploy that sees the new build misbehave within the previous
 //! generation's probation (see [`Builder::probation`](crate::Builder::probation)): the previous

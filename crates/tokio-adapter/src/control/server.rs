@@ -1,5 +1,5 @@
-//! The server side: answers `upgrade`, `rollback` and `status` on the control socket while
-//! this generation serves, through the handle's own methods.
+//! The server side: answers `upgrade`, `rollback`, `status` and `takeover` on the control
+//! socket while this generation serves, through the handle's own methods.
 //!
 //! Invariants:
 //! - The socket file has mode 0600 from the moment it exists (see
@@ -20,7 +20,7 @@ use graceful_core::{Error, Result, Upgrader};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::MAX_LINE;
-use crate::handle::Graceful;
+use crate::handle::{Graceful, run_blocking};
 use crate::tracked::TrackedStream;
 
 /// How long the previous generation may take to answer a rollback request.
@@ -101,6 +101,11 @@ async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream
     )
     .await;
     let reply = match read {
+        Ok(Ok(_))
+            if request.trim() == graceful_core::TAKEOVER_REQUEST && stream.buffer().is_empty() =>
+        {
+            return take_over(&graceful, stream.into_inner()).await;
+        }
         Ok(Ok(_)) if request.ends_with('\n') => respond(&graceful, request.trim()).await,
         Ok(Ok(n)) if n as u64 >= MAX_LINE => {
             vec![format!("error the request is longer than {MAX_LINE} bytes")]
@@ -126,6 +131,34 @@ async fn answer(graceful: Graceful, stream: TrackedStream<tokio::net::UnixStream
             while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
         })
         .await;
+    }
+}
+
+/// Hands this generation's sockets to the process that asked for them on `stream`; the
+/// upgrader answers on the connection itself, which from then on is the link between the two.
+async fn take_over(graceful: &Graceful, stream: TrackedStream<tokio::net::UnixStream>) {
+    // Counted by the drain while the takeover is under way, as any request being answered;
+    // from then on it is the link, which lives as long as the two generations do.
+    let (stream, guard) = stream.into_parts();
+    let connection = stream.into_std().and_then(|stream| {
+        // The upgrader reads it blocking; only this process holds this end.
+        stream.set_nonblocking(false)?;
+        Ok(std::os::fd::OwnedFd::from(stream))
+    });
+    let connection = match connection {
+        Ok(connection) => connection,
+        Err(err) => {
+            tracing::warn!(%err, "cannot take the takeover connection from tokio");
+            return;
+        }
+    };
+    let upgrader = graceful.upgrader().clone();
+    let outcome = run_blocking("graceful-takeover", move || upgrader.yield_to(connection)).await;
+    drop(guard);
+    match outcome {
+        Ok(pid) => tracing::info!(successor_pid = pid, "taken over on the control socket"),
+        // Logged by the upgrader, with the reason.
+        Err(err) => tracing::debug!(%err, "takeover on the control socket did not happen"),
     }
 }
 
@@ -161,10 +194,15 @@ async fn respond(graceful: &Graceful, request: &str) -> Vec<String> {
             Err(err) => format!("error {err}"),
         }];
     }
+    if request == graceful_core::TAKEOVER_REQUEST {
+        return vec![
+            "error a takeover request comes alone: nothing may follow its line".to_owned(),
+        ];
+    }
     if request != "upgrade" {
         return vec![format!(
-            "error unknown request {request:?}; the requests are \"upgrade\", \"rollback\" and \
-             \"status\""
+            "error unknown request {request:?}; the requests are \"upgrade\", \"rollback\", \
+             \"status\" and \"takeover\""
         )];
     }
     if graceful.is_upgrade_requested() {
