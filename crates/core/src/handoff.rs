@@ -632,7 +632,7 @@ impl FrameReader {
 impl FrameReader {
     /// Whether nothing is left over: no bytes or descriptors past the last frame read.
     pub(crate) fn is_drained(&self) -> bool {
-        self.buf.is_empty() && self.fds.is_empty()
+        self.start == self.buf.len() && self.fds.is_empty()
     }
 }
 
