@@ -1,20 +1,23 @@
 //! `cargo xtask demo`: live upgrades under load, with a verdict.
 //!
 //! Builds the examples in release mode and runs two phases. In the first, `http-server` serves
-//! the HTTP loads (one request per connection, keep-alive HTTP/1.1 and HTTP/2) all at once; in
-//! the second, `echo-server` serves long-lived line sessions. In each phase the server starts on
+//! the HTTP loads (one request per connection, keep-alive HTTP/1.1 and HTTP/2) and long-lived
+//! WebSockets (`GET /ws`, text messages echoed with the pid) all at once; in the second,
+//! `echo-server` serves long-lived line sessions. In each phase the server starts on
 //! a free loopback port, the load runs, and the demo sends SIGHUP at a fixed interval, waiting
 //! for each upgrade to complete: the new generation ready, the old one stopped accepting. Once
 //! the loads have reached the last generation they stop, and every replaced generation must have
 //! drained and exited.
 //!
-//! `echo-server` hands its sessions over to each new generation on their own connections (live
-//! hand-off), so its clients must see no reconnect at all; the HTTP clients reconnect cleanly
-//! (keep-alive connections are closed between requests, HTTP/2 gets GOAWAY).
+//! `echo-server` hands its sessions, and `http-server` its WebSockets, over to each new
+//! generation on their own connections at a message boundary (live hand-off), so those clients
+//! must see no reconnect at all; the HTTP clients reconnect cleanly (keep-alive connections are
+//! closed between requests, HTTP/2 gets GOAWAY).
 //!
 //! A live line shows progress. At the end a table gives each mode's requests, reconnects and
 //! failures by kind, and the demo exits non-zero if any request failed, any upgrade did not
-//! complete, any old generation abandoned a connection, or an echo session reconnected.
+//! complete, any old generation abandoned a connection, or a WebSocket or echo session
+//! reconnected.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -41,6 +44,7 @@ pub(crate) fn connections(mode: Mode) -> usize {
         Mode::Short => 8,
         Mode::KeepAlive => 16,
         Mode::H2 => 8,
+        Mode::Ws => 16,
         Mode::Echo => 16,
     }
 }
@@ -412,12 +416,17 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
     }
 
     let reports: Vec<&Report> = phases.iter().flat_map(|p| &p.run.reports).collect();
-    // Echo sessions are handed over live: a reconnect means one was closed instead.
-    for report in reports.iter().filter(|r| !r.mode.is_http()) {
+    // Echo sessions and WebSockets are handed over live: a reconnect means one was closed
+    // instead.
+    let live: Vec<&&Report> = reports
+        .iter()
+        .filter(|r| r.mode.handed_over_live())
+        .collect();
+    for report in &live {
         if report.load.reconnects() > 0 {
             passed = false;
             println!(
-                "  {}: {} sessions reconnected; live hand-off should have kept every one on its \
+                "  {}: {} reconnects; live hand-off should have kept every session on its \
                  connection",
                 report.mode.name(),
                 report.load.reconnects()
@@ -430,11 +439,26 @@ fn summarize(phases: &[Phase], options: &Options) -> bool {
     println!();
     if failed == 0 && passed {
         println!(
-            "PASS: 0 failed requests out of {requests} across {} upgrades per mode ({}); \
-             0 reconnects of echo sessions (handed over live).",
+            "PASS: 0 failed requests out of {requests} across {} upgrades per mode ({}).",
             options.upgrades,
             modes.join(", ")
         );
+        if !live.is_empty() {
+            let names: Vec<&str> = live
+                .iter()
+                .map(|r| match r.mode {
+                    Mode::Ws => "WebSocket",
+                    mode => mode.name(),
+                })
+                .collect();
+            let sessions: u64 = live.iter().map(|r| r.load.clients() as u64).sum();
+            println!(
+                "PASS: the {} loads across {} upgrades: 0 failed and 0 reconnects \
+                 ({sessions} sessions, each kept on its connection: handed over live).",
+                names.join(" and "),
+                options.upgrades,
+            );
+        }
         true
     } else {
         println!("FAIL: {failed} failed requests out of {requests}.");

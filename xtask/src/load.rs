@@ -17,17 +17,21 @@ pub(crate) enum Mode {
     Short,
     KeepAlive,
     H2,
+    /// Long-lived WebSockets against `http-server`'s `/ws`.
+    Ws,
     Echo,
 }
 
 impl Mode {
-    pub(crate) const ALL: [Mode; 4] = [Mode::Short, Mode::KeepAlive, Mode::H2, Mode::Echo];
+    pub(crate) const ALL: [Mode; 5] =
+        [Mode::Short, Mode::KeepAlive, Mode::H2, Mode::Ws, Mode::Echo];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Short => "short",
             Mode::KeepAlive => "keep-alive",
             Mode::H2 => "h2",
+            Mode::Ws => "ws",
             Mode::Echo => "echo",
         }
     }
@@ -41,12 +45,20 @@ impl Mode {
         self != Mode::Echo
     }
 
+    /// Whether the server hands this mode's connections over to each new generation on their
+    /// own connections (live hand-off), so that its clients never have to reconnect. HTTP
+    /// requests' connections are wound down instead (`Connection: close`, GOAWAY).
+    pub(crate) fn handed_over_live(self) -> bool {
+        matches!(self, Mode::Ws | Mode::Echo)
+    }
+
     /// What one request of this mode is, for tables.
     pub(crate) fn describe(self) -> &'static str {
         match self {
             Mode::Short => "HTTP/1.1, one request per connection",
             Mode::KeepAlive => "HTTP/1.1 keep-alive",
             Mode::H2 => "HTTP/2",
+            Mode::Ws => "WebSocket echo, long-lived",
             Mode::Echo => "echo, long-lived line sessions",
         }
     }
@@ -56,6 +68,7 @@ impl Mode {
             Mode::Short => Client::ShortHttp,
             Mode::KeepAlive => Client::KeepAliveHttp,
             Mode::H2 => Client::H2,
+            Mode::Ws => Client::WebSocket,
             Mode::Echo => Client::LongLines,
         }
     }

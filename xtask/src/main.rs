@@ -1,8 +1,8 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
-//! - `demo [--mode all|short|keep-alive|h2|echo] [--upgrades 50] [--interval 300ms]`: live
-//!   upgrades of the example servers under load; exits non-zero if any request failed or any
-//!   upgrade did not complete.
+//! - `demo [--mode all|short|keep-alive|h2|ws|echo] [--upgrades 50] [--interval 300ms]`: live
+//!   upgrades of the example servers under load; exits non-zero if any request failed, any
+//!   upgrade did not complete, or a WebSocket or echo session reconnected.
 //! - `bench [--duration 5s] [--rounds 3] [--interval 300ms] [--starts 20] [--no-scale] [--json]`:
 //!   throughput with and without upgrades and without graceful, handover latency against a bare
 //!   start, latency inside upgrade windows, and how costs grow; see `bench.rs`.
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use load::Mode;
 
-const USAGE: &str = "usage: cargo xtask demo [--mode all|short|keep-alive|h2|echo] \
+const USAGE: &str = "usage: cargo xtask demo [--mode all|short|keep-alive|h2|ws|echo] \
                      [--upgrades 50] [--interval 300ms]\n       \
                      cargo xtask bench [--duration 5s] [--rounds 3] [--interval 300ms] \
                      [--starts 20] [--no-scale] [--json]\n       \
@@ -139,7 +139,7 @@ fn modes(value: &str) -> Result<Vec<Mode>, String> {
         .split(',')
         .map(|name| {
             Mode::parse(name).ok_or_else(|| {
-                format!("--mode {name:?} is not one of all, short, keep-alive, h2, echo")
+                format!("--mode {name:?} is not one of all, short, keep-alive, h2, ws, echo")
             })
         })
         .collect()

@@ -1,5 +1,7 @@
 //! One client's loop, and how each kind of client makes one exchange and classifies it.
 
+mod websocket;
+
 use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
@@ -38,6 +40,7 @@ pub(super) struct Run {
     pub(super) id: usize,
     pub(super) addr: SocketAddr,
     pub(super) path: String,
+    pub(super) websocket_path: String,
     pub(super) line: String,
     pub(super) request_timeout: Duration,
     pub(super) deadline: Instant,
@@ -69,7 +72,10 @@ enum Exchange {
 enum Conn {
     None,
     Http(Sender, ConnTask),
+    /// With the number of answers on it.
     Lines(BufReader<TcpStream>, u64),
+    /// With the number of answers on it.
+    WebSocket(Box<websocket::Socket>, u64),
 }
 
 enum Sender {
@@ -167,6 +173,7 @@ impl Run {
             Client::H2 => self.kept_http(conn, true).await,
             Client::ShortLines => self.short_line().await,
             Client::LongLines => self.long_line(conn).await,
+            Client::WebSocket => self.websocket(conn).await,
         }
     }
 

@@ -5,7 +5,7 @@
 //! `cargo xtask demo` and `cargo xtask bench`, the `echo-client` example and `scale-probe` all
 //! count with it, so "0 failed" means the same thing in the README, the demo and the tests.
 //!
-//! Five kinds of client ([`Client`]), each a loop on its own task:
+//! Six kinds of client ([`Client`]), each a loop on its own task:
 //!
 //! - short-lived HTTP: one HTTP/1.1 `GET` per connection (`Connection: close`);
 //! - keep-alive HTTP/1.1: `GET`s back to back on one connection, until the server answers
@@ -14,7 +14,9 @@
 //! - HTTP/2 (prior knowledge): `GET`s back to back on one connection, until the server sends
 //!   GOAWAY or closes it; then a new connection;
 //! - short-lived lines: connect, send one line, read one line back, close;
-//! - long-lived lines: lines back to back on one connection, each answered by one line.
+//! - long-lived lines: lines back to back on one connection, each answered by one line;
+//! - WebSockets: connect, handshake (`GET /ws` by default, [`Load::websocket_path`]), then text
+//!   messages back to back on the one WebSocket, each answered by one text message.
 //!
 //! # Reconnects
 //!
@@ -25,7 +27,12 @@
 //! whose last stream id is below the request's: the server did not process it); a request
 //! that hyper hands back unsent because its connection closed first
 //! (`TrySendError::message()`); a line session closed right after an
-//! answer, before the server read the next line (that line is sent again on a new connection).
+//! answer, before the server read the next line (that line is sent again on a new connection);
+//! a WebSocket the server closes with a close frame instead of an answer (1001 going away, 1000
+//! normal, or no code: it closes at a message boundary and discards the message it was sent,
+//! which is sent again on a new WebSocket), or whose connection ends cleanly, with no byte of
+//! an answer, after at least one answer (as for a line session). Any other close code instead of
+//! an answer is `Empty`.
 //!
 //! # Failures
 //!
@@ -33,7 +40,10 @@
 //! `Refused`, `Reset`, `Timeout`, `Torn` (part of the answer arrived, not all of it, or it was
 //! garbled), `Empty` (the connection closed before any answer), `Status` (a non-2xx response),
 //! `Other`. With [`Load::answers_name_pid`], an answer that does not end with the pid of the
-//! process that served it is `Torn`.
+//! process that served it is `Torn`. For a WebSocket: a failed handshake is `Status` if the
+//! server answered with another status than 101, `Empty` if it closed first; a connection that
+//! ends after part of an answer arrived, or an answer that is not the text message expected, is
+//! `Torn`; a reset is `Reset`.
 //!
 //! # Bounds
 //!
@@ -81,6 +91,7 @@ use client::{Record, Run};
 pub struct Load {
     clients: BTreeMap<Client, usize>,
     path: String,
+    websocket_path: String,
     line: String,
     request_timeout: Duration,
     max_duration: Duration,
@@ -102,6 +113,7 @@ impl Load {
         Load {
             clients: BTreeMap::new(),
             path: "/".to_owned(),
+            websocket_path: "/ws".to_owned(),
             line: "hello".to_owned(),
             request_timeout: Duration::from_secs(5),
             max_duration: Duration::from_secs(120),
@@ -152,13 +164,25 @@ impl Load {
         self.clients(Client::LongLines, n)
     }
 
+    /// `n` clients that exchange text messages back to back on long-lived WebSockets.
+    pub fn websockets(self, n: usize) -> Self {
+        self.clients(Client::WebSocket, n)
+    }
+
     /// The path the HTTP clients request. Default: `/`.
     pub fn path(mut self, path: impl Into<String>) -> Self {
         self.path = path.into();
         self
     }
 
-    /// The line the line clients send, without its newline. Default: `hello`.
+    /// The path the WebSocket clients open their WebSockets on. Default: `/ws`.
+    pub fn websocket_path(mut self, path: impl Into<String>) -> Self {
+        self.websocket_path = path.into();
+        self
+    }
+
+    /// The line the line clients send, without its newline, and the text of the WebSocket
+    /// clients' messages. Default: `hello`.
     pub fn line(mut self, line: impl Into<String>) -> Self {
         self.line = line.into();
         self
@@ -184,8 +208,9 @@ impl Load {
     }
 
     /// The server names itself in every answer, as the example servers do: an HTTP body ends
-    /// with ` <pid>` (`hello from 4242`), a line is answered with `<line> <pid>`. An answer that
-    /// does not is [`Failure::Torn`]; the pids are in [`Live`] and [`LoadReport::pids`].
+    /// with ` <pid>` (`hello from 4242`), a line is answered with `<line> <pid>`, a WebSocket
+    /// text message `<text>` with a text message `<text> <pid>`. An answer that does not is
+    /// [`Failure::Torn`]; the pids are in [`Live`] and [`LoadReport::pids`].
     pub fn answers_name_pid(mut self) -> Self {
         self.pids = true;
         self
@@ -219,6 +244,7 @@ impl Load {
                     id,
                     addr,
                     path: self.path.clone(),
+                    websocket_path: self.websocket_path.clone(),
                     line: self.line.clone(),
                     request_timeout: self.request_timeout,
                     deadline,
@@ -325,6 +351,8 @@ pub enum Client {
     ShortLines,
     /// Lines back to back on long-lived connections.
     LongLines,
+    /// Text messages back to back on long-lived WebSockets.
+    WebSocket,
 }
 
 impl fmt::Display for Client {
@@ -335,6 +363,7 @@ impl fmt::Display for Client {
             Client::H2 => "HTTP/2",
             Client::ShortLines => "short-lived lines",
             Client::LongLines => "long-lived lines",
+            Client::WebSocket => "WebSocket",
         })
     }
 }

@@ -253,3 +253,116 @@ async fn an_http2_request_refused_by_a_graceful_goaway_is_a_reconnect() {
     assert!(report.reconnects() > 0, "{report}");
     assert_eq!(report.pids(), &BTreeSet::from([5]));
 }
+
+/// What a WebSocket server does after it has answered three messages.
+#[derive(Clone, Copy, Debug)]
+enum Then {
+    /// Sends a close frame, 1001 going away, without reading the next message.
+    GoesAway,
+    /// Reads the next message, sends half an answer, and closes the connection.
+    HalfAnswers,
+    /// Reads the next message and resets the connection.
+    Resets,
+}
+
+/// A WebSocket server (tokio-tungstenite's) that answers `<text>` with `answer(<text>)` three
+/// times per WebSocket, then does `then`.
+async fn serve_websockets(answer: fn(&str) -> String, then: Then) -> Server {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(conn).await else {
+                    return;
+                };
+                for _ in 0..3 {
+                    let Some(Ok(Message::Text(text))) = socket.next().await else {
+                        return;
+                    };
+                    let answer = Message::text(answer(text.as_str()));
+                    if socket.send(answer).await.is_err() {
+                        return;
+                    }
+                }
+                match then {
+                    Then::GoesAway => {
+                        let away = CloseFrame {
+                            code: CloseCode::Away,
+                            reason: "upgrading".into(),
+                        };
+                        let _ = socket.close(Some(away)).await;
+                        // Until the client's answer to the close, or its end.
+                        while let Some(Ok(_)) = socket.next().await {}
+                    }
+                    Then::HalfAnswers => {
+                        let _ = socket.next().await;
+                        let conn = socket.get_mut();
+                        // A text frame of 16 bytes, 2 of them sent.
+                        let _ = conn.write_all(&[0x81, 16, b'h', b'e']).await;
+                        let _ = conn.shutdown().await;
+                    }
+                    Then::Resets => {
+                        let _ = socket.next().await;
+                        let _ = socket.get_ref().set_zero_linger();
+                    }
+                }
+            });
+        }
+    });
+    Server { addr, task }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_closed_with_going_away_between_messages_is_a_reconnect() {
+    let server = serve_websockets(|text| format!("{text} 99"), Then::GoesAway).await;
+    let report = load(Client::WebSocket, server.addr).await;
+    assert_eq!(report.failures(), 0, "{report}");
+    assert!(report.succeeded() >= 3, "{report}");
+    assert!(report.reconnects() > 0, "{report}");
+    assert_eq!(report.pids(), &BTreeSet::from([99]));
+    assert_eq!(report.timings().len() as u64, report.succeeded());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_dropped_in_the_middle_of_an_answer_is_a_failure() {
+    for (then, failure) in [
+        (Then::HalfAnswers, Failure::Torn),
+        (Then::Resets, Failure::Reset),
+    ] {
+        let server = serve_websockets(|text| format!("{text} 99"), then).await;
+        let report = load(Client::WebSocket, server.addr).await;
+        assert!(report.failures_of(failure) > 0, "{then:?}: {report}");
+        assert_eq!(
+            report.failures(),
+            report.failures_of(failure),
+            "{then:?}: {report}"
+        );
+        assert!(report.succeeded() >= 3, "{then:?}: {report}");
+        assert_eq!(report.reconnects(), 0, "{then:?}: {report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_answer_that_is_not_the_message_and_a_pid_is_torn() {
+    let server = serve_websockets(|text| format!("{text}!"), Then::GoesAway).await;
+    let report = load(Client::WebSocket, server.addr).await;
+    assert!(report.failures_of(Failure::Torn) > 0, "{report}");
+    assert_eq!(report.failures(), report.failures_of(Failure::Torn));
+    assert_eq!(report.succeeded(), 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_handshake_answered_with_another_status_is_status() {
+    // An HTTP server, not a WebSocket one: the handshake fails with its status.
+    let server =
+        serve("HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").await;
+    let report = load(Client::WebSocket, server.addr).await;
+    assert!(report.failures_of(Failure::Status) > 0, "{report}");
+    assert_eq!(report.failures(), report.failures_of(Failure::Status));
+}
