@@ -10,9 +10,8 @@
 //! ```
 //!
 //! `--takeover PATH` takes over from a running echo-server whose control socket is at PATH,
-//! without being its child (see `http-server`). Sessions and the line count are not handed
-//! over then: the old process closes each session at a line boundary, and the count starts
-//! again.
+//! without being its child (see `http-server`). Sessions and the line count are handed over
+//! to it as after an upgrade.
 //!
 //! Each line is answered with the line and the pid that answered: `hello` gets `hello 4242`. A
 //! line `sleep <ms>` is answered after that many milliseconds, to play a slow request. A line

@@ -306,7 +306,13 @@ impl Builder {
                 let pending = crate::upgrader::takeover::Pending::new(&taken)
                     .map_err(|e| Error::io("duplicating the takeover's link", e))?;
                 pending_takeover = Some((pending, taken.previous));
-                (taken.fds, Some(taken.link), None, taken.generation, None)
+                (
+                    taken.fds,
+                    Some(taken.link),
+                    taken.handoff,
+                    taken.generation,
+                    None,
+                )
             }
             (Some(i), None) => (i.fds, i.link, i.handoff, i.generation, i.pgid),
             (None, None) => (Vec::new(), None, None, 1, None),

@@ -23,11 +23,14 @@
 //! | [`Frame::StateFailed`] | old | why, UTF-8 | none |
 //! | [`Frame::Connection`] | old | tag length (u8), tag, record | the connection |
 //! | [`Frame::Listeners`] | old | per descriptor: name length (u8), name | the listeners |
+//! | [`Frame::Channel`] | old | none | the new process's end of a hand-off channel |
 //!
 //! [`Frame::Listeners`] travels on another connection: a takeover's, where a process that the
 //! running one did not start asks for its sockets on the control socket (`takeover.rs`). The
 //! names are the `LISTEN_FDNAMES` names an upgrade would pass, one per descriptor, at most
-//! [`MAX_STATE_FDS`] (253) per frame; more take several frames.
+//! [`MAX_STATE_FDS`] (253) per frame; more take several frames. [`Frame::Channel`] follows
+//! them there: the hand-off channel of the takeover, which an upgrade passes as
+//! `GRACEFUL_HANDOFF_FD` instead.
 //!
 //! Every size is bounded ([`MAX_STATE_BYTES`], [`MAX_STATE_FDS`], [`MAX_TAG`],
 //! [`MAX_RECORD`]); a frame over a bound is a protocol error that ends the channel.
@@ -106,6 +109,7 @@ const STATE_FAILED: u8 = 6;
 const MAX_REASON: usize = 1024;
 const CONNECTION: u8 = 4;
 const LISTENERS: u8 = 5;
+const CHANNEL: u8 = 7;
 /// The longest name of a handed-over listener (systemd's bound for `LISTEN_FDNAMES`).
 const MAX_NAME: usize = crate::name::MAX_LEN;
 
@@ -145,6 +149,11 @@ pub enum Frame {
         /// Its tag.
         tag: String,
     },
+    /// The new process's end of the hand-off channel of a takeover.
+    Channel {
+        /// A Unix stream socket.
+        fd: OwnedFd,
+    },
     /// Listening sockets (and the other descriptors a generation hands over), with the names
     /// an upgrade would pass them under in `LISTEN_FDNAMES`: a takeover's answer.
     Listeners {
@@ -183,6 +192,7 @@ impl fmt::Debug for Frame {
             Frame::LostConnection { tag } => {
                 f.debug_struct("LostConnection").field("tag", tag).finish()
             }
+            Frame::Channel { fd } => f.debug_struct("Channel").field("fd", fd).finish(),
             Frame::Listeners { names, fds } => f
                 .debug_struct("Listeners")
                 .field("names", names)
@@ -339,6 +349,11 @@ impl<'a> OutFrame<'a> {
     /// How many of its bytes have gone out.
     pub fn sent(&self) -> usize {
         self.sent
+    }
+
+    /// The new process's end of a takeover's hand-off channel.
+    pub(crate) fn channel(fd: BorrowedFd<'a>) -> OutFrame<'a> {
+        OutFrame::new(CHANNEL, &[], vec![fd])
     }
 
     /// Listening sockets `fds` under `names`, one name each, for a takeover.
@@ -537,6 +552,7 @@ impl FrameReader {
         let (max_len, max_fds) = match kind {
             STATE_REQUEST | NO_STATE => (0, 0),
             STATE_FAILED => (MAX_REASON, 0),
+            CHANNEL => (0, 1),
             STATE => (4 + MAX_STATE_BYTES, MAX_STATE_FDS),
             CONNECTION => (1 + MAX_TAG + MAX_RECORD, 1),
             LISTENERS => (
@@ -587,6 +603,12 @@ impl FrameReader {
                     bytes: payload[4..].to_vec(),
                     fds,
                 }
+            }
+            CHANNEL => {
+                let fd = fds.into_iter().next().filter(|_| !lost).ok_or_else(|| {
+                    invalid("the hand-off channel's descriptor was lost on the way")
+                })?;
+                Frame::Channel { fd }
             }
             LISTENERS => {
                 if lost {

@@ -61,8 +61,9 @@
 //! [`Builder::takeover`] asks the server at a control socket for its descriptors, which come
 //! over SCM_RIGHTS with their names and are adopted with the same checks, and
 //! [`Upgrader::ready`] returns once that server has stopped accepting. The running side answers
-//! with [`Upgrader::yield_to`]; from then on it is an upgrade, probation and rollback
-//! included, except that the old process never kills the new one, which it did not start.
+//! with [`Upgrader::yield_to`]; from then on it is an upgrade, probation, rollback and the
+//! hand-off channel included, except that the old process never kills the new one, which it
+//! did not start.
 //!
 //! # Generations
 //!

@@ -11,8 +11,9 @@
 //! ```text
 //! new -> old   takeover\n
 //! old -> new   error REASON\n                         refused; the connection closes
-//!          or  ok PID GENERATION COUNT\n              then COUNT descriptors in listeners
-//!                                                     frames (`handoff.rs`), names included
+//!          or  ok PID GENERATION COUNT handoff\n      then COUNT descriptors in listeners
+//!                                                     frames (`handoff.rs`), names included,
+//!                                                     and a channel frame: the hand-off channel
 //! new -> old   ready\n                                the link's messages from here on
 //! old -> new   yielded PID\n                          the old one has stopped accepting
 //! ```
@@ -65,6 +66,9 @@ pub(crate) struct Taken {
     pub(crate) previous: u32,
     /// The control socket asked, for messages.
     pub(crate) path: PathBuf,
+    /// This process's end of the hand-off channel (state and connections), if the previous
+    /// generation opened one.
+    pub(crate) handoff: Option<OwnedFd>,
 }
 
 /// The first answer line: `ok PID GENERATION COUNT`.
@@ -73,11 +77,17 @@ pub(crate) struct Granted {
     pub(crate) pid: u32,
     pub(crate) generation: u64,
     pub(crate) count: usize,
+    /// A hand-off channel follows the descriptors.
+    pub(crate) handoff: bool,
 }
 
 impl Granted {
     pub(crate) fn encode(&self) -> String {
-        format!("ok {} {} {}\n", self.pid, self.generation, self.count)
+        let handoff = if self.handoff { " handoff" } else { "" };
+        format!(
+            "ok {} {} {}{handoff}\n",
+            self.pid, self.generation, self.count
+        )
     }
 
     /// Reads an answer line: `Ok(granted)`, or `Err(reason)` for `error REASON` and anything
@@ -87,8 +97,13 @@ impl Granted {
             return Err(format!("it refused: {reason}"));
         }
         let fields: Vec<&str> = line.split(' ').collect();
-        let parsed = match fields.as_slice() {
-            ["ok", pid, generation, count] => (pid.parse(), generation.parse(), count.parse()),
+        let (parsed, handoff) = match fields.as_slice() {
+            ["ok", pid, generation, count] => {
+                ((pid.parse(), generation.parse(), count.parse()), false)
+            }
+            ["ok", pid, generation, count, "handoff"] => {
+                ((pid.parse(), generation.parse(), count.parse()), true)
+            }
             _ => return Err(format!("the answer {line:?} is not understood")),
         };
         match parsed {
@@ -96,6 +111,7 @@ impl Granted {
                 pid,
                 generation,
                 count,
+                handoff,
             }),
             _ => Err(format!("the answer {line:?} is not understood")),
         }
@@ -149,7 +165,7 @@ pub(crate) fn request(path: &Path, timeout: Duration) -> Result<Option<Taken>> {
         .map_err(|e| failed(reading("answer", e, timeout)))?
         .ok_or_else(|| failed("it closed the connection without answering".into()))?;
     let granted = Granted::decode(&line).map_err(failed)?;
-    let fds = receive(link.as_fd(), granted.count, deadline)
+    let (fds, handoff) = receive(link.as_fd(), &granted, deadline)
         .map_err(|e| failed(reading("sockets", e, timeout)))?;
     tracing::info!(
         path = %path.display(),
@@ -163,6 +179,7 @@ pub(crate) fn request(path: &Path, timeout: Duration) -> Result<Option<Taken>> {
         generation: granted.generation + 1,
         previous: granted.pid,
         path: path.to_owned(),
+        handoff,
     }))
 }
 
@@ -177,9 +194,10 @@ fn reading(what: &str, err: io::Error, timeout: Duration) -> String {
 /// Reads listeners frames until `count` descriptors have come.
 fn receive(
     socket: BorrowedFd<'_>,
-    count: usize,
+    granted: &Granted,
     deadline: Instant,
-) -> io::Result<Vec<(String, OwnedFd)>> {
+) -> io::Result<(Vec<(String, OwnedFd)>, Option<OwnedFd>)> {
+    let count = granted.count;
     let mut reader = FrameReader::new();
     let mut fds = Vec::with_capacity(count);
     while fds.len() < count {
@@ -202,6 +220,19 @@ fn receive(
             }
         }
     }
+    let handoff = if granted.handoff {
+        match reader.next_until(socket, deadline)? {
+            Some(Frame::Channel { fd }) => Some(fd),
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{other:?} where the hand-off channel was announced"),
+                ));
+            }
+        }
+    } else {
+        None
+    };
     if fds.len() != count || !reader.is_drained() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -211,7 +242,7 @@ fn receive(
             ),
         ));
     }
-    Ok(fds)
+    Ok((fds, handoff))
 }
 
 /// Waits on the link for `yielded PID` until `deadline`: the previous generation has stopped
@@ -250,13 +281,17 @@ mod tests {
 
     #[test]
     fn answers_are_read_as_granted_or_refused() {
-        let granted = Granted {
+        let mut granted = Granted {
             pid: 42,
             generation: 3,
             count: 2,
+            handoff: false,
         };
         assert_eq!(granted.encode(), "ok 42 3 2\n");
         assert_eq!(Granted::decode("ok 42 3 2"), Ok(granted));
+        granted.handoff = true;
+        assert_eq!(granted.encode(), "ok 42 3 2 handoff\n");
+        assert_eq!(Granted::decode("ok 42 3 2 handoff"), Ok(granted));
         assert_eq!(
             Granted::decode("error an upgrade is already in progress"),
             Err("it refused: an upgrade is already in progress".into())
@@ -266,6 +301,7 @@ mod tests {
             "ok 1 2",
             "ok a 1 1",
             "ok 1 18446744073709551615 1",
+            "ok 1 2 3 more",
             "maybe",
         ] {
             assert!(

@@ -18,8 +18,10 @@
 //!   before ready and during the probation.
 //! - From `ready` on, the connection is the link: the probation and rollback (`lineage.rs`)
 //!   run on it as they do after an upgrade.
-//! - No hand-off channel: the application's state and live connections stay with this
-//!   generation, which drains them.
+//! - A hand-off channel goes with the sockets, as with an upgrade: the new process may ask
+//!   for the application's state before it is ready, and announce the connections it takes
+//!   (`takes …` on the link, before `ready`); once it serves, they are handed to it as after an
+//!   upgrade (`upgrader/handoff.rs`).
 //! - Under systemd, `MAINPID=` names the new process only if it is in this process's control
 //!   group (the same unit, with `NotifyAccess=all`); a new process in another unit (a template
 //!   instance) reports `READY=1` to its own unit instead.
@@ -30,9 +32,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use super::handoff::StateServer;
 use super::{Inner, State, Transition, Upgrader};
 use crate::error::{Error, Result};
-use crate::handoff::OutFrame;
+use crate::handoff::{OutFrame, ToSuccessor};
 use crate::lineage::{self, Kin};
 use crate::link::{Message, Reader};
 use crate::notify;
@@ -152,6 +155,8 @@ impl Inner {
             generation = self.generation,
             "the previous server yielded; this process serves"
         );
+        // It stopped accepting and reading before it said so: the sockets are this one's.
+        self.lineage.parent_paused().set();
         if let Err(err) = lineage::start_parent_watcher(self.clone(), pending.reader) {
             tracing::warn!(%err, "cannot watch the previous generation");
         }
@@ -170,8 +175,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Sends the registry's descriptors on `link`, in as many frames as they need.
-    fn send_listeners(&self, link: BorrowedFd<'_>, deadline: Instant) -> std::io::Result<usize> {
+    /// Sends the registry's descriptors on `link`, in as many frames as they need, then the
+    /// new process's end of the hand-off channel, `handoff`.
+    fn send_listeners(
+        &self,
+        link: BorrowedFd<'_>,
+        handoff: BorrowedFd<'_>,
+        deadline: Instant,
+    ) -> std::io::Result<usize> {
         // Our own duplicates, so that a slow reader never holds the registry's lock.
         let (names, fds) = {
             let registry = self.registry();
@@ -188,6 +199,7 @@ impl Inner {
             pid: self.pid,
             generation: self.generation,
             count: names.len(),
+            handoff: true,
         };
         sys::send_all(link, granted.encode().as_bytes())?;
         let chunk = sys::MAX_FDS_PER_MESSAGE;
@@ -195,6 +207,7 @@ impl Inner {
             let fds = fds.iter().map(AsFd::as_fd).collect();
             OutFrame::listeners(names, fds)?.send_until(link, deadline)?;
         }
+        OutFrame::channel(handoff).send_until(link, deadline)?;
         Ok(names.len())
     }
 
@@ -205,12 +218,19 @@ impl Inner {
         successor: u32,
         link: OwnedFd,
         exit: Option<&OwnedFd>,
-    ) -> std::result::Result<Reader, String> {
+    ) -> std::result::Result<(Reader, Option<ToSuccessor>), String> {
         let timeout = self.config.upgrade_timeout;
         let deadline = Instant::now() + timeout;
+        let (ours, theirs) = crate::handoff::channel()
+            .map_err(|err| format!("cannot create the hand-off channel: {err}"))?;
+        // Answers the new process's request for the state while it gets ready.
+        let state_server = sys::dup_cloexec(ours.as_fd())
+            .and_then(|socket| StateServer::start(self, socket, deadline))
+            .map_err(|err| format!("cannot start the hand-off thread: {err}"))?;
         let count = self
-            .send_listeners(link.as_fd(), deadline)
+            .send_listeners(link.as_fd(), theirs.as_fd(), deadline)
             .map_err(|err| format!("cannot hand the sockets over: {err}"))?;
+        drop(theirs);
         tracing::info!(
             successor_pid = successor,
             fds = count,
@@ -220,27 +240,44 @@ impl Inner {
         if let Some(exit) = exit.and_then(|pidfd| sys::dup_cloexec(pidfd.as_fd()).ok()) {
             reader = reader.ending_at_exit(exit);
         }
-        loop {
+        let mut takes = Vec::new();
+        let ready = loop {
             match reader.next_until(deadline) {
-                Ok(Some(Message::Ready)) => return Ok(reader),
+                Ok(Some(Message::Ready)) => break Ok(()),
+                Ok(Some(Message::Takes(tags))) => takes = tags,
                 Ok(Some(other)) => tracing::debug!(?other, "ignoring a message before ready"),
-                Ok(None) => return Err(GONE.into()),
+                Ok(None) => break Err(GONE.into()),
                 // It closed the connection with the frames unread.
                 Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
-                    return Err(GONE.into());
+                    break Err(GONE.into());
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(format!("it was not ready within {timeout:?}"));
+                    break Err(format!("it was not ready within {timeout:?}"));
                 }
-                Err(err) => return Err(format!("cannot read from it: {err}")),
+                Err(err) => break Err(format!("cannot read from it: {err}")),
             }
-        }
+        };
+        // Whatever the outcome, the state has been handed over or will not be any more.
+        state_server.finish();
+        ready?;
+        let channel = (!takes.is_empty()).then(|| ToSuccessor {
+            pid: successor,
+            socket: ours,
+            tags: takes,
+        });
+        Ok((reader, channel))
     }
 
     /// The takeover succeeded: the same steps as after an upgrade, for a successor that is not
     /// this process's child.
-    fn yielded(self: &Arc<Inner>, successor: u32, reader: Reader, exit: Option<OwnedFd>) {
-        self.handoffs.set_successor(None);
+    fn yielded(
+        self: &Arc<Inner>,
+        successor: u32,
+        reader: Reader,
+        channel: Option<ToSuccessor>,
+        exit: Option<OwnedFd>,
+    ) {
+        self.handoffs.set_successor(channel);
         // Stop accepting first: whoever learns of the takeover next finds the new one serving.
         self.emit(&Transition::Replaced { successor });
         let generation = self.generation + 1;
@@ -414,19 +451,21 @@ impl Upgrader {
         let mut state = inner.state();
         let stopping = inner.stopping.load(Ordering::SeqCst);
         match outcome {
-            Ok(reader) if !stopping => {
+            Ok((reader, channel)) if !stopping => {
                 *state = State::Probation { successor };
                 drop(state);
-                inner.yielded(successor, reader, exit);
+                inner.yielded(successor, reader, channel, exit);
                 Ok(successor)
             }
             outcome => {
                 *state = State::Ready;
                 drop(state);
-                if let Ok(reader) = &outcome {
+                if let Ok((reader, _)) = &outcome {
                     // It said ready as the stop came: the connection's end tells it no.
                     let _ = sys::shutdown(reader.fd());
                 }
+                // The state it may have read is this generation's again.
+                inner.handoffs.undo_if_given(inner.pid);
                 let err = match outcome {
                     _ if stopping => Error::Stopping { pid: inner.pid },
                     Err(problem) => Error::TakeoverFailed {
