@@ -192,11 +192,14 @@ fn reading(what: &str, err: io::Error, timeout: Duration) -> String {
 }
 
 /// Reads listeners frames until `count` descriptors have come.
+/// The named descriptors of a takeover, and the hand-off channel if one came.
+type Received = (Vec<(String, OwnedFd)>, Option<OwnedFd>);
+
 fn receive(
     socket: BorrowedFd<'_>,
     granted: &Granted,
     deadline: Instant,
-) -> io::Result<(Vec<(String, OwnedFd)>, Option<OwnedFd>)> {
+) -> io::Result<Received> {
     let count = granted.count;
     let mut reader = FrameReader::new();
     let mut fds = Vec::with_capacity(count);
@@ -288,7 +291,7 @@ mod tests {
             handoff: false,
         };
         assert_eq!(granted.encode(), "ok 42 3 2\n");
-        assert_eq!(Granted::decode("ok 42 3 2"), Ok(granted));
+        assert_eq!(Granted::decode("ok 42 3 2").as_ref(), Ok(&granted));
         granted.handoff = true;
         assert_eq!(granted.encode(), "ok 42 3 2 handoff\n");
         assert_eq!(Granted::decode("ok 42 3 2 handoff"), Ok(granted));
