@@ -195,11 +195,7 @@ fn reading(what: &str, err: io::Error, timeout: Duration) -> String {
 /// The named descriptors of a takeover, and the hand-off channel if one came.
 type Received = (Vec<(String, OwnedFd)>, Option<OwnedFd>);
 
-fn receive(
-    socket: BorrowedFd<'_>,
-    granted: &Granted,
-    deadline: Instant,
-) -> io::Result<Received> {
+fn receive(socket: BorrowedFd<'_>, granted: &Granted, deadline: Instant) -> io::Result<Received> {
     let count = granted.count;
     let mut reader = FrameReader::new();
     let mut fds = Vec::with_capacity(count);
