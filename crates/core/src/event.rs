@@ -12,7 +12,9 @@ type Callback = Box<dyn FnOnce() + Send>;
 /// Something that happens at most once in the life of a process, such as "this process has been
 /// replaced".
 ///
-/// Once set, an event stays set.
+/// Once set, an event stays set. The callbacks registered with [`on_set`](Event::on_set) have
+/// run by the time a waiter wakes or [`is_set`](Event::is_set) says so: a process that exits as
+/// soon as it sees the event does not cut them short.
 pub struct Event {
     state: Mutex<State>,
     cond: Condvar,
@@ -21,6 +23,8 @@ pub struct Event {
 #[derive(Default)]
 struct State {
     set: bool,
+    /// Being set: its callbacks are running.
+    setting: bool,
     callbacks: Vec<Callback>,
 }
 
@@ -77,19 +81,29 @@ impl Event {
         }
     }
 
-    /// Sets the event; returns false if it was set already.
+    /// Sets the event; returns false if it was set already. Runs the callbacks first, then
+    /// wakes the waiters.
     pub(crate) fn set(&self) -> bool {
         let mut state = self.lock();
-        if state.set {
+        if state.set || state.setting {
             return false;
         }
+        state.setting = true;
+        // Callbacks registered while these run are queued, and run below.
+        loop {
+            let callbacks = std::mem::take(&mut state.callbacks);
+            if callbacks.is_empty() {
+                break;
+            }
+            drop(state);
+            for callback in callbacks {
+                callback();
+            }
+            state = self.lock();
+        }
         state.set = true;
-        let callbacks = std::mem::take(&mut state.callbacks);
         drop(state);
         self.cond.notify_all();
-        for callback in callbacks {
-            callback();
-        }
         true
     }
 
