@@ -38,8 +38,15 @@
 //! }
 //! ```
 //!
-//! This crate re-exports [`graceful_tokio`] (the listener, tracked connections, triggers and
-//! drain) and the error type of [`graceful_core`] (the runtime-agnostic mechanism). With the
+//! Long-lived connections need not close: at a boundary, `graceful.hand_off(stream, tag,
+//! record)` moves one to the new process, socket and all, which asked for that tag with
+//! `graceful.handed_over(tag)` before it was ready; the client keeps its TCP connection. The
+//! application's state moves with `save_state` and `inherited_state`. A UDP socket
+//! (`graceful::udp`) stops reading the moment the new process serves, and a process that this
+//! one did not start can take over through the control socket (`Builder::takeover`).
+//!
+//! This crate re-exports [`graceful_tokio`] (the listener, tracked connections, triggers,
+//! hand-off and drain) and the error type of [`graceful_core`] (the runtime-agnostic mechanism). With the
 //! feature `hyper`, `serve` runs a hyper service across upgrades; with `axum`, `axum::serve`
 //! runs a Router. With `testing` (Linux, for dev-dependencies), `graceful::testing` is a
 //! `cargo test` harness that starts your server as a real process and upgrades it under load.
