@@ -402,12 +402,26 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 /// Waits until `fd` is readable (data or end of file) or `timeout` runs out; returns whether it
 /// became readable.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    wait_for(fd, nix::poll::PollFlags::POLLIN, timeout)
+}
+
+/// Waits until `fd` can take more bytes or `timeout` runs out; returns whether it can.
+pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    wait_for(fd, nix::poll::PollFlags::POLLOUT, timeout)
+}
+
+/// Waits until `fd` has one of `events` (or an error or hang-up), for `timeout` at most.
+fn wait_for(
+    fd: BorrowedFd<'_>,
+    events: nix::poll::PollFlags,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    use nix::poll::{PollFd, PollTimeout, poll};
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let millis = u16::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(fd, events)];
         match poll(&mut fds, PollTimeout::from(millis)) {
             Ok(0) if left.is_zero() => return Ok(false),
             Ok(0) => continue,
@@ -651,24 +665,6 @@ pub(crate) fn open_nofollow(path: &Path) -> io::Result<Option<File>> {
         Ok(file) => Ok(Some(file)),
         Err(err) if err.raw_os_error() == Some(libc::ELOOP) => Ok(None),
         Err(err) => Err(err),
-    }
-}
-
-/// Waits until `fd` can take more bytes or `timeout` runs out; returns whether it can.
-pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let millis = u16::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-        match poll(&mut fds, PollTimeout::from(millis)) {
-            Ok(0) if left.is_zero() => return Ok(false),
-            Ok(0) => continue,
-            Ok(_) => return Ok(true),
-            Err(Errno::EINTR) => continue,
-            Err(err) => return Err(err.into()),
-        }
     }
 }
 
