@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 
 use crate::args::Flags;
 use crate::json::{self, Object};
-use crate::procs::{self, Process};
+use crate::procs::{self, Process, Report};
 use crate::{Failure, LOOPBACK, STEP};
 
 /// How long a closing connection waits for its client to close too.
@@ -73,56 +73,114 @@ pub(crate) fn probe(connections: usize, samples: usize) -> Result<Object, Failur
         .int("abandoned", sum(|s| s.abandoned)))
 }
 
-/// One server, N clients, one upgrade.
-fn one(connections: usize) -> Result<Sample, String> {
-    let mut server = Process::start("server", &["serve-echo".into()])?;
-    let ready = server.wait_for("ready", "its ready line", STEP, |r| r.is("generation", 1))?;
-    let old: u32 = ready.get("pid")?;
-    let addr: String = ready.get("addr")?;
-    let mut clients = Process::start(
-        "clients",
-        &[
-            "hold".into(),
-            "--addr".into(),
-            addr,
-            "--connections".into(),
-            connections.to_string(),
-            "--hello".into(),
-            "true".into(),
-        ],
-    )?;
-    let held = clients.wait_for("held", "its held line", STEP, |_| true)?;
-    let failed: u64 = held.get("failed")?;
-    if failed > 0 {
-        return Err(format!(
-            "{failed} of {connections} clients could not connect and be answered"
-        ));
+/// A `serve-echo` server holding N idle clients, upgraded once: what the probes measure.
+pub(crate) struct Upgraded {
+    pub(crate) server: Process,
+    pub(crate) clients: Process,
+    /// The new generation's `ready` line.
+    pub(crate) new: Report,
+    /// The old generation's `exited` line.
+    pub(crate) exited: Report,
+    /// SIGHUP → the new generation's `ready` line.
+    pub(crate) upgrade: Duration,
+}
+
+impl Upgraded {
+    /// Starts the server (`--handoff handoff`), runs `at_start` with its pid before any client
+    /// connects, connects N clients that are each answered once, and upgrades it; returns once
+    /// the old generation has exited, with what `at_start` returned.
+    pub(crate) fn start<T>(
+        connections: usize,
+        handoff: bool,
+        at_start: impl FnOnce(u32) -> Result<T, String>,
+    ) -> Result<(Upgraded, T), String> {
+        let mut server = Process::start(
+            "server",
+            &["serve-echo".into(), "--handoff".into(), handoff.to_string()],
+        )?;
+        let ready = server.wait_for("ready", "its ready line", STEP, |r| r.is("generation", 1))?;
+        let old: u32 = ready.get("pid")?;
+        let addr: String = ready.get("addr")?;
+        let started = at_start(old)?;
+        let mut clients = Process::start(
+            "clients",
+            &[
+                "hold".into(),
+                "--addr".into(),
+                addr,
+                "--connections".into(),
+                connections.to_string(),
+                "--hello".into(),
+                "true".into(),
+            ],
+        )?;
+        let held = clients.wait_for("held", "its held line", STEP, |_| true)?;
+        let failed: u64 = held.get("failed")?;
+        if failed > 0 {
+            return Err(format!(
+                "{failed} of {connections} clients could not connect and be answered"
+            ));
+        }
+
+        let sent = std::time::Instant::now();
+        server.signal(old, Signal::SIGHUP)?;
+        let new = server.wait_for("ready", "the ready line of generation 2", STEP, |r| {
+            r.is("generation", 2)
+        })?;
+        let exited = server.wait_for("exited", "the old generation's exit", STEP, |r| {
+            r.is("pid", old)
+        })?;
+        let upgrade = new.at - sent;
+        let upgraded = Upgraded {
+            server,
+            clients,
+            new,
+            exited,
+            upgrade,
+        };
+        Ok((upgraded, started))
     }
 
-    let sent = std::time::Instant::now();
-    server.signal(old, Signal::SIGHUP)?;
-    let new = server.wait_for("ready", "the ready line of generation 2", STEP, |r| {
-        r.is("generation", 2)
-    })?;
-    let exited = server.wait_for("exited", "the old generation's exit", STEP, |r| {
-        r.is("pid", old)
-    })?;
-    let closed = clients.wait_for("closed", "how the connections ended", STEP, |_| true)?;
-    let new_pid: u32 = new.get("pid")?;
-    server.signal(new_pid, Signal::SIGTERM)?;
-    server.wait_for("exited", "the new generation's exit", STEP, |r| {
-        r.is("pid", new_pid)
-    })?;
+    /// Stops the new generation (its sessions end at their boundary) and returns the clients'
+    /// `closed` line: how each connection ended.
+    pub(crate) fn stop(mut self) -> Result<Report, String> {
+        let new_pid: u32 = self.new.get("pid")?;
+        self.server.signal(new_pid, Signal::SIGTERM)?;
+        self.server
+            .wait_for("exited", "the new generation's exit", STEP, |r| {
+                r.is("pid", new_pid)
+            })?;
+        self.clients
+            .wait_for("closed", "how the connections ended", STEP, |_| true)
+    }
+}
+
+/// One server, N clients, one upgrade.
+fn one(connections: usize) -> Result<Sample, String> {
+    let (mut upgraded, ()) = Upgraded::start(connections, false, |_| Ok(()))?;
+    // The old generation closed every connection: the clients have seen how.
+    let closed = upgraded
+        .clients
+        .wait_for("closed", "how the connections ended", STEP, |_| true)?;
+    let exited = &upgraded.exited;
     let drain_ms: f64 = exited.get("drain_ms")?;
-    Ok(Sample {
+    let sample = Sample {
         drain: Duration::from_secs_f64(drain_ms / 1e3),
-        upgrade: new.at - sent,
+        upgrade: upgraded.upgrade,
         abandoned: exited.get("abandoned")?,
         clean: closed.get("clean")?,
         reset: closed.get("reset")?,
         other: closed.get("other")?,
         open: closed.get("open")?,
-    })
+    };
+    let new_pid: u32 = upgraded.new.get("pid")?;
+    upgraded.server.signal(new_pid, Signal::SIGTERM)?;
+    upgraded
+        .server
+        .wait_for("exited", "the new generation's exit", STEP, |r| {
+            r.is("pid", new_pid)
+        })?;
+    Ok(sample)
 }
 
 /// The tag the `serve-echo` role hands its sessions over under.

@@ -19,12 +19,11 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
+use crate::Failure;
+use crate::drain::Upgraded;
 use crate::json::{self, Object};
 use crate::memory::resident_bytes_of;
-use crate::procs::{self, Process};
-use crate::{Failure, STEP};
+use crate::procs;
 
 /// What one upgrade with N idle sessions showed.
 #[derive(Debug, Default)]
@@ -65,54 +64,16 @@ pub(crate) fn probe(connections: usize, samples: usize) -> Result<Object, Failur
 
 /// One server, N clients, one upgrade with hand-off, then a stop.
 fn one(connections: usize) -> Result<Sample, String> {
-    let mut server = Process::start(
-        "server",
-        &["serve-echo".into(), "--handoff".into(), "true".into()],
-    )?;
-    let ready = server.wait_for("ready", "its ready line", STEP, |r| r.is("generation", 1))?;
-    let old: u32 = ready.get("pid")?;
-    let addr: String = ready.get("addr")?;
-    let baseline = resident_bytes_of(old)?;
-    let mut clients = Process::start(
-        "clients",
-        &[
-            "hold".into(),
-            "--addr".into(),
-            addr,
-            "--connections".into(),
-            connections.to_string(),
-            "--hello".into(),
-            "true".into(),
-        ],
-    )?;
-    let held = clients.wait_for("held", "its held line", STEP, |_| true)?;
-    let failed: u64 = held.get("failed")?;
-    if failed > 0 {
-        return Err(format!(
-            "{failed} of {connections} clients could not connect and be answered"
-        ));
-    }
-
-    let sent = std::time::Instant::now();
-    server.signal(old, Signal::SIGHUP)?;
-    let new = server.wait_for("ready", "the ready line of generation 2", STEP, |r| {
-        r.is("generation", 2)
-    })?;
-    let exited = server.wait_for("exited", "the old generation's exit", STEP, |r| {
-        r.is("pid", old)
-    })?;
-    let new_pid: u32 = new.get("pid")?;
-    let handed_off: u64 = exited.get("handed_off")?;
+    let (upgraded, baseline) = Upgraded::start(connections, true, resident_bytes_of)?;
+    let new_pid: u32 = upgraded.new.get("pid")?;
+    let handed_off: u64 = upgraded.exited.get("handed_off")?;
+    let handoff_ms: f64 = upgraded.exited.get("drain_ms")?;
     let holding = resident_bytes_of(new_pid)?;
-    server.signal(new_pid, Signal::SIGTERM)?;
-    server.wait_for("exited", "the new generation's exit", STEP, |r| {
-        r.is("pid", new_pid)
-    })?;
-    let closed = clients.wait_for("closed", "how the connections ended", STEP, |_| true)?;
-    let handoff_ms: f64 = exited.get("drain_ms")?;
+    let upgrade = upgraded.upgrade;
+    let closed = upgraded.stop()?;
     Ok(Sample {
         handoff: Duration::from_secs_f64(handoff_ms / 1e3),
-        upgrade: new.at - sent,
+        upgrade,
         bytes_per_connection: holding.saturating_sub(baseline) as f64 / connections as f64,
         handed_off,
         clean: closed.get("clean")?,
