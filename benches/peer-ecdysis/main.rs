@@ -1,5 +1,5 @@
 //! A bench peer: the bench's hyper service (`GET /` answers `hello from <pid>`) on Cloudflare's
-//! [ecdysis](https://crates.io/crates/ecdysis) 1.1.1, used the way its `tokio_echo` example
+//! [ecdysis](https://github.com/cloudflare/ecdysis) 1.1.1, used the way its `tokio_echo` example
 //! uses it, with hyper-util's `GracefulShutdown` for the drain, as hyper-util's documentation
 //! shows: the usual way an ecdysis user serves HTTP. It exists to be measured against
 //! `graceful-hyper-server` in the same run; no library crate uses ecdysis.

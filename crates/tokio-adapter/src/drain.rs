@@ -8,6 +8,9 @@
 //!   service back (a rollback), which serves on.
 //! - It also waits for the connections its parent handed over until it exited: they arrive
 //!   on the hand-off channel until then, and are tracked once received.
+//! - A drain cut short (too many generations) still gives connections on their way to a
+//!   successor that takes them a moment ([`HAND_OFF_GRACE`]): in a chain of quick upgrades, the
+//!   oldest may be told to finish while it holds sessions it received and is handing on.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,6 +18,9 @@ use std::time::{Duration, Instant};
 use graceful_core::{DrainOutcome, DrainReport};
 
 use crate::handle::Graceful;
+
+/// How long a drain cut short still waits for connections that are being handed over.
+const HAND_OFF_GRACE: Duration = Duration::from_secs(1);
 
 impl Graceful {
     /// Waits until every tracked connection is closed, for `timeout` at most, and reports how
@@ -38,15 +44,27 @@ impl Graceful {
             self.outlive_parent(deadline).await;
             // Connections the previous generation handed over until it exited are this one's
             // to serve (or to hand on) too. Before ready nothing was received, nor will be.
-            let received_all = self.inner.upgrader.is_ready()
-                && tokio::select! {
-                    () = self.inner.handoffs.received_all() => true,
-                    () = self.inner.finish.cancelled() => false,
-                    () = tokio::time::sleep_until(deadline) => false,
+            if self.inner.upgrader.is_ready() {
+                outcome = tokio::select! {
+                    () = self.inner.handoffs.received_all() => self.wait_tracked(deadline).await,
+                    () = self.inner.finish.cancelled() => DrainOutcome::CutShort,
+                    () = tokio::time::sleep_until(deadline) => DrainOutcome::Deadline,
                 };
-            if received_all {
-                outcome = self.wait_tracked(deadline).await;
             }
+        }
+        if outcome == DrainOutcome::CutShort
+            && !tracker.is_empty()
+            && self.inner.handoffs.can_hand_off()
+        {
+            // Cut short (too many generations): what is still here is going to the successor,
+            // and a hand-off ends a connection here without ending it for its client. A moment
+            // for that, not for connections stuck in the middle of something.
+            let grace = deadline.min(tokio::time::Instant::now() + HAND_OFF_GRACE);
+            let _ = tokio::time::timeout_at(grace, async {
+                self.inner.handoffs.received_all().await;
+                tracker.wait().await;
+            })
+            .await;
         }
         let report = DrainReport::new(open_at_start, tracker.len(), outcome, started.elapsed());
         if report.abandoned == 0 {

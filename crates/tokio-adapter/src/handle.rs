@@ -109,6 +109,7 @@ impl Graceful {
         match transition {
             Transition::Replaced { .. } => {
                 self.inner.handoffs.forget_successor();
+                self.inner.handoffs.successor_ready(&self.inner.upgrader);
                 self.inner.gate.set(Accepting::Paused);
                 self.shutdown_token().cancel();
             }

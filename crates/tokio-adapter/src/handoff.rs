@@ -136,6 +136,9 @@ pub(crate) struct HandOffs {
     receiver: Mutex<Option<AbortOnDropHandle<()>>>,
     /// Cancelled once that task has ended (or if none runs): nothing more will arrive.
     received_all: tokio_util::sync::CancellationToken,
+    /// The channel to the successor, as the upgrader gave it when the successor was ready,
+    /// until the first hand-off opens it.
+    pending: Mutex<Option<ToSuccessor>>,
     /// The channel to the successor, opened at the first hand-off after it is ready.
     outgoing: Mutex<Option<Arc<Outgoing>>>,
     /// Connections handed over to successors.
@@ -174,7 +177,18 @@ impl HandOffs {
 
     /// Forgets the channel to a successor: a new one is ready, or it was rolled back.
     pub(crate) fn forget_successor(&self) {
+        lock(&self.pending).take();
         lock(&self.outgoing).take();
+    }
+
+    /// Keeps the channel to the successor that just became ready, if it takes connections.
+    pub(crate) fn successor_ready(&self, upgrader: &graceful_core::Upgrader) {
+        *lock(&self.pending) = upgrader.successor_handoff();
+    }
+
+    /// Whether connections can be handed to a successor now.
+    pub(crate) fn can_hand_off(&self) -> bool {
+        lock(&self.pending).is_some() || lock(&self.outgoing).is_some()
     }
 }
 
@@ -367,10 +381,8 @@ impl Graceful {
         if self.is_stopping() {
             return Err("this generation is stopping, without a successor".into());
         }
-        let ToSuccessor { pid, socket, tags } = self
-            .inner
-            .upgrader
-            .successor_handoff()
+        let ToSuccessor { pid, socket, tags } = lock(&self.inner.handoffs.pending)
+            .take()
             .ok_or("no successor takes connections")?;
         let socket = watch(socket, Interest::READABLE | Interest::WRITABLE)
             .map_err(|err| format!("cannot watch the hand-off channel: {err}"))?;
