@@ -564,16 +564,35 @@ impl Harness {
     }
 }
 
+/// How many times a dropped harness kills its group and looks for successors still starting.
+const KILL_ROUNDS: usize = 5;
+/// The pause between two of those rounds.
+const KILL_ROUND_PAUSE: Duration = Duration::from_millis(20);
+
 impl Drop for Harness {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
         }
-        process::kill_group(self.pgid);
-        // A successor still starting leads a group of its own, with whatever it started.
-        let starting = sys::starting_successors(self.pgid);
-        for &pgid in &starting {
-            process::kill_group(pgid);
+        // A successor still starting leads a group of its own, with whatever it started. One
+        // that was starting as the group was killed may still join the dying group when it
+        // gets ready, or be missed by a scan made while it execs: so kill and scan again, at
+        // least twice, until a round finds nothing new.
+        let mut starting = Vec::new();
+        for round in 0..KILL_ROUNDS {
+            process::kill_group(self.pgid);
+            let found: Vec<u32> = sys::starting_successors(self.pgid)
+                .into_iter()
+                .filter(|pgid| !starting.contains(pgid))
+                .collect();
+            for &pgid in &found {
+                process::kill_group(pgid);
+            }
+            if round > 0 && found.is_empty() {
+                break;
+            }
+            starting.extend(found);
+            std::thread::sleep(KILL_ROUND_PAUSE);
         }
         process::reap_group(self.pgid, REAP);
         for pgid in starting {
