@@ -6,7 +6,7 @@
 //!
 //! Each server runs in a process group of its own (`graceful::testing::process::Group`),
 //! killed and reaped when the test ends, however it ends. The peers that play a failing new
-//! process are this test binary, run again (`takeover_peer`).
+//! process are this test binary, running the same test again (`playing_peer`).
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -27,7 +27,7 @@ const SERVER: &str = env!("CARGO_BIN_EXE_http-server");
 const ECHO_SERVER: &str = env!("CARGO_BIN_EXE_echo-server");
 /// How long any one step may take before the test fails, saying what it waited for.
 const STEP: Duration = Duration::from_secs(30);
-/// Set in a run of this binary that plays a new process (see [`takeover_peer`]).
+/// Set in a run of this binary that plays a new process (see [`playing_peer`]).
 const PEER: &str = "GRACEFUL_TEST_TAKEOVER_PEER";
 const PEER_SOCKET: &str = "GRACEFUL_TEST_TAKEOVER_SOCKET";
 
@@ -184,33 +184,36 @@ fn ask(socket: &Path) -> (UnixStream, String) {
     (stream, String::from_utf8(line).unwrap())
 }
 
-/// This binary, run again as a new process that asks for a takeover and then hangs (until it
-/// is killed): `peer: <answer line>` on stdout once answered.
-fn peer_command(socket: &Path) -> Command {
+/// This binary, running `test` again as a new process that asks for a takeover and then hangs
+/// (until it is killed): `peer: <answer line>` on stdout once answered.
+fn peer_command(test: &str, socket: &Path) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
-        .args([
-            "--exact",
-            "takeover_peer",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(PEER, "1")
         .env(PEER_SOCKET, socket);
     command
 }
 
-/// Not a test: the new process of [`peer_command`], when run with its variable set.
-#[test]
-fn takeover_peer() {
-    if std::env::var_os(PEER).is_none() {
-        return;
-    }
-    let socket = PathBuf::from(std::env::var_os(PEER_SOCKET).unwrap());
-    let (_stream, line) = ask(&socket);
+/// In a run of this binary started by [`peer_command`]: plays the new process (asks for a
+/// takeover, prints the answer, hangs until killed) and returns true. False in a test run.
+fn playing_peer() -> bool {
+    let Some(socket) = std::env::var_os(PEER_SOCKET).filter(|_| std::env::var_os(PEER).is_some())
+    else {
+        return false;
+    };
+    let (_stream, line) = ask(Path::new(&socket));
     // On a line of its own: the test harness's own output has no newline yet.
     println!("\npeer: {line}");
     std::thread::sleep(STEP * 4);
+    true
+}
+
+/// Says that `test` was skipped and why, on stderr itself, so that the test runner's output
+/// shows it without `--nocapture`.
+fn skipped(test: &str, why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
 }
 
 fn control_socket(dir: &Path) -> (PathBuf, String) {
@@ -504,9 +507,13 @@ async fn an_upgrade_or_a_second_takeover_during_a_takeover_is_refused() {
 
 #[test]
 fn another_user_may_not_take_over_nor_be_taken_over_from() {
+    const TEST: &str = "another_user_may_not_take_over_nor_be_taken_over_from";
+    if playing_peer() {
+        return;
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { nix::libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run a process as another user");
+        skipped(TEST, "needs root to run a process as another user");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -520,7 +527,7 @@ fn another_user_may_not_take_over_nor_be_taken_over_from() {
     // Loosened by hand: only the uid check stands between another user and the sockets.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let mut command = peer_command(&path);
+    let mut command = peer_command(TEST, &path);
     command.uid(65534).gid(65534);
     let mut peer = Proc::spawn(dir.path(), "nobody", &mut command);
     let line = peer.wait_line("peer: ");
@@ -637,10 +644,14 @@ async fn the_new_process_serves_only_once_the_old_one_has_yielded() {
 
 #[test]
 fn a_process_in_another_pid_namespace_is_refused() {
+    const TEST: &str = "a_process_in_another_pid_namespace_is_refused";
+    if playing_peer() {
+        return;
+    }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { nix::libc::geteuid() } == 0;
     if !root || Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("skipped: needs root and unshare(1) for a pid namespace");
+        skipped(TEST, "needs root and unshare(1) for a pid namespace");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -654,7 +665,7 @@ fn a_process_in_another_pid_namespace_is_refused() {
             .args(["--addr", "127.0.0.1:0", "--control-socket", &socket]),
     );
     a.wait_line("ready ");
-    let mut peer = Proc::spawn(dir.path(), "peer", &mut peer_command(&path));
+    let mut peer = Proc::spawn(dir.path(), "peer", &mut peer_command(TEST, &path));
     let line = peer.wait_line("peer: ");
     assert!(
         line.contains("error the takeover of pid") && line.contains("another pid namespace"),

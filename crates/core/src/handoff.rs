@@ -291,17 +291,7 @@ impl<'a> OutFrame<'a> {
     /// `InvalidInput` when the tag is empty or longer than [`MAX_TAG`], or the record longer
     /// than [`MAX_RECORD`].
     pub fn connection(tag: &str, record: &[u8], fd: BorrowedFd<'a>) -> io::Result<Self> {
-        check_tag(tag)?;
-        if record.len() > MAX_RECORD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "the record of a {tag:?} connection has {} bytes; at most {MAX_RECORD} can \
-                     be handed over",
-                    record.len()
-                ),
-            ));
-        }
+        check_connection(tag, record)?;
         Ok(OutFrame::new(
             CONNECTION,
             &[&[tag.len() as u8], tag.as_bytes(), record],
@@ -434,6 +424,27 @@ impl<'a> OutFrame<'a> {
             }
         }
     }
+}
+
+/// Checks what a connection's frame would carry, without building it: the tag (see
+/// [`check_tag`]) and a record of at most [`MAX_RECORD`] bytes.
+///
+/// # Errors
+///
+/// `InvalidInput`, naming what is over its bound.
+pub fn check_connection(tag: &str, record: &[u8]) -> io::Result<()> {
+    check_tag(tag)?;
+    if record.len() > MAX_RECORD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the record of a {tag:?} connection has {} bytes; at most {MAX_RECORD} can be \
+                 handed over",
+                record.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a tag: 1 to [`MAX_TAG`] printable ASCII characters, no space.

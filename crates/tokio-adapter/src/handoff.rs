@@ -323,7 +323,7 @@ impl Graceful {
     ) -> std::result::Result<(), NotHandedOff<S>> {
         let give_back = |stream, reason: String| Err(NotHandedOff { stream, reason });
         // Checked here, so that what the writer sends is known to fit.
-        if let Err(err) = OutFrame::connection(tag, record, stream.as_fd()) {
+        if let Err(err) = graceful_core::handoff::check_connection(tag, record) {
             return give_back(stream, err.to_string());
         }
         let outgoing = match self.outgoing() {
